@@ -1,0 +1,12 @@
+# Every target only calls a script; the scripts work on a fresh machine.
+.PHONY: run test bench study setup
+setup:
+	bash scripts/setup.sh
+run: setup
+	bash scripts/run.sh $(DATA)
+test: setup
+	bash scripts/test.sh
+bench: setup
+	.venv/bin/python -m pytest benchmarks -q --benchmark-only
+study: setup
+	bash scripts/study.sh

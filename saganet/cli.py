@@ -1,0 +1,104 @@
+"""The `saganet` command: thin argument parsing over the modules that do the work."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+
+from .train import TrainConfig
+
+
+def _train_config(a) -> TrainConfig:
+    return TrainConfig(variant=a.variant, backbone=a.backbone, epochs=a.epochs, crop=a.image_size, scale=a.scale,
+                       seed=a.seed, batch_size=a.batch_size, crops_per_image=a.crops_per_image, lr=a.lr,
+                       stain_norm=a.stain_norm, threads=a.threads,
+                       val_fraction=getattr(a, "val_fraction", 0.0), patience=getattr(a, "patience", 8))
+
+
+def _add_train_args(p, study: bool = False):
+    d = TrainConfig()
+    if not study:
+        p.add_argument("--variant", default=d.variant, choices=["saganet", "baseline", "no-gate", "no-length", "no-mask"])
+    else:
+        p.set_defaults(variant=d.variant)
+    p.add_argument("--backbone", default=d.backbone, help="resnet-tiny, resnet-small, resnet18, resnet34, resnet50")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--image-size", type=int, default=d.crop, help="training crop edge in pixels after --scale; evaluation sees whole images")
+    p.add_argument("--scale", type=float, default=d.scale, help="resize factor applied to every image first (1 = native resolution)")
+    p.add_argument("--crops-per-image", type=int, default=d.crops_per_image)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--stain-norm", action="store_true", help="Reinhard stain normalisation to the training images' statistics")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="saganet", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, native parts, backends")
+
+    t = sub.add_parser("train", help="train a model on an image folder or manifest")
+    t.add_argument("data", help="ImageFolder root (<root>/<class>/<image>), a folder with manifest.csv, or a manifest CSV")
+    t.add_argument("--out", required=True, help="run directory to write (resumes if it holds a checkpoint)")
+    t.add_argument("--shots", type=int, default=None, help="use only N images per class (drawn with --seed)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="share of training images held out for early stopping (0 = fixed schedule)")
+    t.add_argument("--patience", type=int, default=8)
+    t.add_argument("--pretrained", default=None, help="local torchvision-layout ResNet weights (.pth or .safetensors)")
+    t.add_argument("--mask-dir", default=None, help="folder of user masks: <mask-dir>/<class>/<image>.png, non-zero = valid")
+    t.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images instead of stopping")
+    _add_train_args(t)
+
+    e = sub.add_parser("eval", help="evaluate a run on labelled images")
+    e.add_argument("run")
+    e.add_argument("data")
+    e.add_argument("--out", default=None, help="output folder (default RUN/eval)")
+    e.add_argument("--skip-bad", action="store_true")
+    e.add_argument("--exclude-train", action="store_true", help="leave out the images the run trained on (from RUN/metrics.json)")
+
+    s = sub.add_parser("study", help="small-sample protocol: shots x repeats x variants")
+    s.add_argument("data")
+    s.add_argument("--out", required=True)
+    s.add_argument("--shots", type=int, nargs="+", default=[10, 20])
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--variants", nargs="+", default=["saganet", "baseline", "no-gate", "no-length", "classic"],
+                   choices=["saganet", "baseline", "no-gate", "no-length", "no-mask", "classic"])
+    _add_train_args(s, study=True)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            from .info import info_text
+
+            print(info_text())
+        elif args.command == "train":
+            from .train import train_run
+
+            m = train_run(args.data, args.out, _train_config(args), shots=args.shots, mask_dir=args.mask_dir,
+                          skip_bad=args.skip_bad, pretrained=args.pretrained)
+            print(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))
+        elif args.command == "eval":
+            from .evaluate import eval_run
+
+            eval_run(args.run, args.data, args.out, skip_bad=args.skip_bad, exclude_train=args.exclude_train)
+        elif args.command == "study":
+            from .study import run_study
+
+            summary = run_study(args.data, args.out, args.shots, args.repeats, args.variants,
+                                replace(_train_config(args), val_fraction=0.0))
+            print(open(f"{args.out}/results.md").read())
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs/runs are saved and the command resumes where it stopped", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"saganet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

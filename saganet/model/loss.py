@@ -1,0 +1,60 @@
+"""Length-aware loss (margin loss on class-vector lengths) and the gate/mask agreement term."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: str = "margin"  # "margin" (on lengths) or "ce" (softmax cross-entropy on logits)
+    m_plus: float = 0.9  # the true class's length is pushed above this
+    m_minus: float = 0.1  # other classes' lengths are pushed below this
+    lam: float = 0.5  # down-weights the absent-class term so early training does not shrink every length
+    agreement_weight: float = 0.1  # weight of the gate/mask agreement term; 0 switches it off
+    agreement: str = "outside"  # "outside": penalise gate opening on invalid areas; "bce": BCE(g, M) everywhere
+    label_smoothing: float = 0.0  # for "ce" only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def margin_loss(lengths: torch.Tensor, target: torch.Tensor, m_plus=0.9, m_minus=0.1, lam=0.5) -> torch.Tensor:
+    """sum_k T_k max(0, m+ - |v_k|)^2 + lam (1 - T_k) max(0, |v_k| - m-)^2, mean over the batch."""
+    t = F.one_hot(target, lengths.shape[1]).to(lengths.dtype)
+    present = t * F.relu(m_plus - lengths) ** 2
+    absent = lam * (1.0 - t) * F.relu(lengths - m_minus) ** 2
+    return (present + absent).sum(dim=1).mean()
+
+
+def agreement_loss(gate: torch.Tensor, mask: torch.Tensor, kind: str = "outside", eps: float = 1e-6) -> torch.Tensor:
+    """How much the gate g disagrees with the valid-area mask M (both (B,1,h,w) in [0,1]).
+
+    "bce" pulls g towards M everywhere; on cell-dense images (M ~ 1) that forces the gate fully open
+    and leaves it nothing to select. "outside" only penalises g where M says invalid,
+    -(1 - M) log(1 - g), so the gate stays free to choose among valid areas.
+    """
+    g = gate.clamp(eps, 1 - eps)
+    m = mask.to(g.dtype)
+    if kind == "bce":
+        return F.binary_cross_entropy(g, m)
+    if kind == "outside":
+        return (-(1.0 - m) * torch.log(1.0 - g)).mean()
+    raise ValueError(f"unknown agreement term {kind!r}; use 'outside' or 'bce'")
+
+
+def saganet_loss(out: dict, target: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    if cfg.kind == "margin":
+        cls = margin_loss(out["scores"], target, cfg.m_plus, cfg.m_minus, cfg.lam)
+    elif cfg.kind == "ce":
+        cls = F.cross_entropy(out["scores"], target, label_smoothing=cfg.label_smoothing)
+    else:
+        raise ValueError(f"unknown loss {cfg.kind!r}; use 'margin' or 'ce'")
+    total = cls
+    agree = torch.zeros((), device=cls.device)
+    if cfg.agreement_weight > 0 and out.get("gate") is not None and out.get("has_gate"):
+        agree = agreement_loss(out["gate"], out["mask"], cfg.agreement)
+        total = cls + cfg.agreement_weight * agree
+    return {"loss": total, "class_loss": cls.detach(), "agreement_loss": agree.detach()}

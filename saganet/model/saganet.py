@@ -1,0 +1,80 @@
+"""SagaNet assembled from its parts; the variants are plain data."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+
+from .backbone import ResNet, backbone_config
+from .gate import GateMaskPool
+from .head import LengthHead, LinearHead
+from .loss import LossConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int = 3
+    backbone: str | dict = "resnet-tiny"
+    use_gate: bool = True  # learned spatial gate g
+    use_mask: bool = True  # valid-area mask M multiplies the gate in pooling
+    mask_floor: float = 0.05  # weight left on invalid areas (0 = hard mask)
+    head: str = "length"  # "length" (squashed class vectors) or "linear"
+    capsule_dim: int = 16  # D, dimension of each class vector
+    dropout: float = 0.2
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["loss"] = LossConfig(**d.get("loss", {}))
+        return cls(**d)
+
+
+# One flag picks a variant; each is a set of switches over the same backbone and training budget.
+VARIANTS: dict[str, dict] = {
+    "saganet": dict(use_gate=True, use_mask=True, head="length", loss=LossConfig(kind="margin")),
+    "baseline": dict(use_gate=False, use_mask=False, head="linear", loss=LossConfig(kind="ce", agreement_weight=0.0)),
+    "no-gate": dict(use_gate=False, use_mask=True, head="length", loss=LossConfig(kind="margin", agreement_weight=0.0)),
+    "no-length": dict(use_gate=True, use_mask=True, head="linear", loss=LossConfig(kind="ce")),
+    "no-mask": dict(use_gate=True, use_mask=False, head="length", loss=LossConfig(kind="margin", agreement_weight=0.0)),
+}
+
+
+def variant_config(variant: str, **overrides) -> ModelConfig:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return replace(ModelConfig(**VARIANTS[variant]), **overrides)
+
+
+class SagaNet(nn.Module):
+    """image (B,3,H,W) normalised, mask (B,1,H,W) in [0,1] -> dict with `scores` (B,K) and more.
+
+    `scores` are class-vector lengths (length head) or logits (linear head); `probs` are
+    comparable across variants (lengths normalised to sum 1, or softmax of logits).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = ResNet(backbone_config(config.backbone))
+        c = self.backbone.out_channels
+        self.pool = GateMaskPool(c, config.use_gate, config.use_mask, config.mask_floor)
+        if config.head == "length":
+            self.head = LengthHead(c, config.num_classes, config.capsule_dim, config.dropout)
+        elif config.head == "linear":
+            self.head = LinearHead(c, config.num_classes, config.dropout)
+        else:
+            raise ValueError(f"unknown head {config.head!r}; use 'length' or 'linear'")
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        feats = self.backbone(image)
+        z, gate, m = self.pool(feats, mask)
+        out = self.head(z)
+        s = out["scores"]
+        out["probs"] = s / s.sum(dim=1, keepdim=True).clamp_min(1e-8) if self.config.head == "length" else s.softmax(dim=1)
+        out.update(gate=gate, mask=m, has_gate=self.config.use_gate, embedding=z)
+        return out

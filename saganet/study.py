@@ -1,0 +1,168 @@
+"""The small-sample protocol: N shots per class, repeats, every variant on the same draws.
+
+Each (shots, repeat, variant) run writes its own JSON under OUT/runs/, so an interrupted study
+resumes where it stopped; results.json, results.md and results.png are rebuilt from those files.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .classic import classic_features, fit_classic
+from .data import load_dataset, load_images
+from .evaluate import classification_metrics, predict
+from .preprocess import Preprocessing, channel_stats
+from .train import TrainConfig, fit, prepare_images
+
+DEEP_VARIANTS = ("saganet", "baseline", "no-gate", "no-length", "no-mask")
+
+
+def patient_splits(labels: np.ndarray, patients: list[str]) -> list[tuple[set, set]]:
+    """All (train patients, test patients) partitions in which every class is on both sides."""
+    pats = sorted(set(patients))
+    classes = set(labels.tolist())
+    out = []
+    for k in range(1, len(pats)):
+        for test in itertools.combinations(pats, k):
+            test = set(test)
+            tr = {l for l, p in zip(labels, patients) if p not in test}
+            te = {l for l, p in zip(labels, patients) if p in test}
+            if tr == classes and te == classes:
+                out.append((set(pats) - test, test))
+    return out
+
+
+def draw_split(labels: np.ndarray, patients: list[str] | None, shots: int, repeat: int):
+    """Training indices (shots per class) and test indices for one repeat.
+
+    With patients, the repeat cycles through the valid patient partitions and the shots come from
+    training patients only; every image of the test patients is tested.
+    """
+    rng = np.random.default_rng([repeat, shots, 2021])
+    if patients:
+        splits = patient_splits(labels, patients)
+        if not splits:
+            raise ValueError("no patient split puts every class in both train and test")
+        train_p, test_p = splits[repeat % len(splits)]
+        pool = np.array([p in train_p for p in patients])
+        test = np.flatnonzero(np.array([p in test_p for p in patients]))
+    else:
+        pool = np.ones(len(labels), bool)
+        test = None
+    train = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(pool & (labels == c))
+        if len(idx) < shots:
+            raise ValueError(f"class {c} has only {len(idx)} eligible training images, fewer than {shots} shots")
+        train.extend(rng.choice(idx, size=shots, replace=False).tolist())
+    train = np.array(sorted(train))
+    if test is None:
+        test = np.setdiff1d(np.arange(len(labels)), train)
+    return train, test
+
+
+def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, log=print) -> dict:
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    samples, class_names = load_dataset(data)
+    raw, samples, bad = load_images(samples, skip_bad=True, log=log)
+    labels = np.array([class_names.index(s.label) for s in samples])
+    patients = [s.patient for s in samples] if all(s.patient for s in samples) else None
+    base = Preprocessing(scale=cfg.scale, mask=cfg.mask)
+    t_prep = time.time()
+    imgs, masks = prepare_images(raw, base)
+    log(f"{data}: {len(samples)} images, classes {class_names}, patients {sorted(set(patients)) if patients else 'unknown'}; "
+        f"prepared in {time.time() - t_prep:.0f}s; mean valid fraction {np.mean([m.mean() for m in masks]):.2f}")
+    feats = None
+    meta = {"data": str(data), "class_names": class_names, "train_config": cfg.to_dict(), "skipped_files": bad,
+            "patient_split": bool(patients), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}"}
+    (out / "study_config.json").write_text(json.dumps(meta, indent=2))
+    t_study = time.time()
+    for n in shots:
+        for r in range(repeats):
+            train, test = draw_split(labels, patients, n, r)
+            for v in variants:
+                path = out / "runs" / f"{n}shot_r{r}_{v}.json"
+                if path.is_file():
+                    continue
+                t0 = time.time()
+                if v == "classic":
+                    if feats is None:
+                        log("computing classic features for every image (once)")
+                        feats = np.stack([classic_features(im) for im in imgs])
+                    clf = fit_classic(feats[train], labels[train], seed=r)
+                    probs = clf.predict_proba(feats[test])
+                else:
+                    mean, std = channel_stats([imgs[i] for i in train])
+                    prep = replace(base, mean=mean, std=std)
+                    model, _ = fit([imgs[i] for i in train], [masks[i] for i in train], labels[train], class_names,
+                                   replace(cfg, variant=v, seed=r), prep, log=lambda m: None, progress=False)
+                    probs = predict(model, prep, [imgs[i] for i in test], [masks[i] for i in test])
+                m = classification_metrics(labels[test], probs, class_names)
+                rec = {"shots": n, "repeat": r, "variant": v, "seconds": round(time.time() - t0, 1),
+                       "train_images": len(train), "test_images": len(test), **m}
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(rec, indent=2))
+                os.replace(tmp, path)
+                log(f"{n} shots, repeat {r}, {v}: balanced accuracy {m['balanced_accuracy']:.3f} ({rec['seconds']}s)")
+    summary = summarise(out, shots, variants)
+    summary["wall_seconds_this_invocation"] = round(time.time() - t_study, 1)
+    return summary
+
+
+def summarise(out, shots, variants) -> dict:
+    out = Path(out)
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    table = {}
+    for n in shots:
+        for v in variants:
+            rs = [r for r in runs if r["shots"] == n and r["variant"] == v]
+            if not rs:
+                continue
+            b = np.array([r["balanced_accuracy"] for r in rs])
+            table[f"{n}/{v}"] = {"shots": n, "variant": v, "repeats": len(rs), "balanced_accuracy_mean": float(b.mean()),
+                                  "balanced_accuracy_std": float(b.std(ddof=1)) if len(b) > 1 else 0.0,
+                                  "accuracy_mean": float(np.mean([r["accuracy"] for r in rs])),
+                                  "macro_f1_mean": float(np.mean([r["macro_f1"] for r in rs])),
+                                  "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
+                                  "test_images": int(rs[0]["test_images"])}
+    summary = {"table": list(table.values()), "runs": runs}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    lines = ["| shots | variant | repeats | balanced acc. (mean +- std) | accuracy | macro-F1 | test images | s/run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in table.values():
+        lines.append(f"| {row['shots']} | {row['variant']} | {row['repeats']} | {row['balanced_accuracy_mean']:.3f} +- "
+                     f"{row['balanced_accuracy_std']:.3f} | {row['accuracy_mean']:.3f} | {row['macro_f1_mean']:.3f} | "
+                     f"{row['test_images']} | {row['seconds_mean']:.0f} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(table, out / "results.png")
+    return summary
+
+
+def _plot(table, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not table:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    variants = sorted({r["variant"] for r in table.values()})
+    for v in variants:
+        rows = sorted((r for r in table.values() if r["variant"] == v), key=lambda r: r["shots"])
+        ax.errorbar([r["shots"] for r in rows], [r["balanced_accuracy_mean"] for r in rows],
+                    yerr=[r["balanced_accuracy_std"] for r in rows], marker="o", capsize=3, label=v)
+    ax.set_xlabel("training images per class")
+    ax.set_ylabel("balanced accuracy (test)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

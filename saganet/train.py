@@ -1,0 +1,318 @@
+"""Training: class-balanced random crops at native resolution, fixed schedule or early stopping,
+deterministic with a seed, resumable from the last finished epoch."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .data import Sample, load_dataset, load_image, load_images, load_mask_png, mask_path_for
+from .evaluate import classification_metrics, predict
+from .model import SagaNet, load_torchvision_weights, saganet_loss, variant_config
+from .model.saganet import ModelConfig
+from .preprocess import Preprocessing, channel_stats
+from .stain import hed_jitter, reinhard_target
+from .tissue import MaskConfig
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variant: str = "saganet"
+    backbone: str = "resnet-tiny"
+    epochs: int = 30
+    batch_size: int = 32
+    crop: int = 96  # training crop edge (px, after scaling); evaluation sees the whole image
+    crops_per_image: int = 4  # random crops drawn per training image per epoch
+    scale: float = 1.0  # image resize factor before cropping (1.0 = native resolution)
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    seed: int = 0
+    val_fraction: float = 0.0  # >0: hold out this share of the training images for early stopping
+    patience: int = 8  # epochs without validation improvement before stopping
+    hed_sigma: float = 0.05  # HED stain-jitter strength (0 = off)
+    stain_norm: bool = False  # Reinhard normalisation to the training set's LAB statistics
+    threads: int = 0  # torch threads (0 = leave torch's default)
+    model_overrides: dict = field(default_factory=dict)  # any ModelConfig field, e.g. {"mask_floor": 0.0}
+    mask: MaskConfig = field(default_factory=MaskConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["mask"] = MaskConfig.from_dict(d.get("mask"))
+        return cls(**d)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def _random_crop_batch(images, masks, labels, idx, crop, rng, hed_sigma):
+    """Random crop (reflect-padded if the image is smaller), flips, 90-degree rotations, HED jitter."""
+    xs, ms = [], []
+    for i in idx:
+        im, m = images[i], masks[i]
+        h, w = m.shape
+        if h < crop or w < crop:
+            ph, pw = max(0, crop - h), max(0, crop - w)
+            im = np.pad(im, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+            m = np.pad(m, ((0, ph), (0, pw)), mode="reflect")
+            h, w = m.shape
+        y0, x0 = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+        c, cm = im[y0:y0 + crop, x0:x0 + crop], m[y0:y0 + crop, x0:x0 + crop]
+        k = rng.integers(0, 4)
+        c, cm = np.rot90(c, k), np.rot90(cm, k)
+        if rng.random() < 0.5:
+            c, cm = c[:, ::-1], cm[:, ::-1]
+        if hed_sigma > 0:
+            c = hed_jitter(np.ascontiguousarray(c), rng, sigma=hed_sigma)
+        xs.append(np.ascontiguousarray(c))
+        ms.append(np.ascontiguousarray(cm))
+    return np.stack(xs), np.stack(ms), torch.as_tensor(labels[idx], dtype=torch.long)
+
+
+def balanced_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n indices drawn with equal probability per class (uniform within a class)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    p = np.zeros(len(labels))
+    for c, k in zip(classes, counts):
+        p[labels == c] = 1.0 / (len(classes) * k)
+    return rng.choice(len(labels), size=n, replace=True, p=p / p.sum())
+
+
+def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessing, val=None,
+        checkpoint: Path | None = None, log=print, progress: bool = True, pretrained: str | None = None):
+    """Train a model on prepared (uint8, scaled) images with boolean masks.
+
+    val: optional (images, masks, labels) for early stopping on balanced accuracy.
+    checkpoint: file to save after every epoch and to resume from if present.
+    Returns (model, history).
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    labels = np.asarray(labels)
+    mcfg = variant_config(cfg.variant, num_classes=len(class_names), backbone=cfg.backbone, **cfg.model_overrides)
+    _seed_everything(cfg.seed)
+    model = SagaNet(mcfg)
+    if pretrained:
+        ignored = load_torchvision_weights(model.backbone, pretrained)
+        log(f"loaded backbone weights from {pretrained} ({len(ignored)} keys ignored)")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(labels) * cfg.crops_per_image / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    warm = steps_per_epoch * cfg.warmup_epochs
+
+    def lr_at(step):  # linear warm-up, then cosine to zero: a fixed, documented schedule
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    history, start, best = [], 0, None
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history = int(state["epoch"]), json.loads(state["history"])
+        best = state.get("best")
+        log(f"resumed from {checkpoint} after epoch {start}")
+
+    mean_t = torch.tensor(prep.mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(prep.std).view(1, 3, 1, 1)
+    patience_left = cfg.patience
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=start, desc=f"train {cfg.variant}", unit="epoch", leave=False)
+    for epoch in range(start, cfg.epochs):
+        # Every epoch's randomness derives from (seed, epoch): resuming replays it exactly.
+        rng = np.random.default_rng([cfg.seed, epoch])
+        torch.manual_seed(cfg.seed * 100003 + epoch)
+        model.train()
+        order = balanced_indices(labels, steps_per_epoch * cfg.batch_size, rng)
+        t0, sums = time.time(), {"loss": 0.0, "class_loss": 0.0, "agreement_loss": 0.0}
+        for s in range(steps_per_epoch):
+            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            x, m, y = _random_crop_batch(images, masks, labels, idx, cfg.crop, rng, cfg.hed_sigma)
+            xt = (torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0) - mean_t) / std_t
+            mt = torch.from_numpy(m).unsqueeze(1).float()
+            out = model(xt, mt)
+            losses = saganet_loss(out, y, mcfg.loss)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+            sched.step()
+            for k in sums:
+                sums[k] += float(losses[k].detach())
+        rec = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2), "lr": sched.get_last_lr()[0]}
+        rec.update({k: v / steps_per_epoch for k, v in sums.items()})
+        if val is not None:
+            probs = predict(model, prep, val[0], val[1])
+            rec["val_balanced_accuracy"] = classification_metrics(val[2], probs, class_names)["balanced_accuracy"]
+            if best is None or rec["val_balanced_accuracy"] > best["score"]:
+                best = {"score": rec["val_balanced_accuracy"], "epoch": epoch + 1,
+                        "model": {k: v.clone() for k, v in model.state_dict().items()}}
+                patience_left = cfg.patience
+            else:
+                patience_left -= 1
+        history.append(rec)
+        log(json.dumps(rec))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        if checkpoint is not None:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "epoch": epoch + 1, "history": json.dumps(history)}
+            if best is not None:
+                state["best"] = best
+            _atomic_torch_save(state, checkpoint)
+        if val is not None and patience_left <= 0:
+            log(f"early stop after epoch {epoch + 1}: best validation balanced accuracy {best['score']:.3f} at epoch {best['epoch']}")
+            break
+    if bar is not None:
+        bar.close()
+    if best is not None:
+        model.load_state_dict(best["model"])
+    model.eval()
+    return model, history
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = Path(str(path) + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def prepare_images(images, prep: Preprocessing, user_masks=None):
+    out_images, out_masks = [], []
+    for i, im in enumerate(images):
+        a, m = prep.prepare(im, None if user_masks is None else user_masks[i])
+        out_images.append(a)
+        out_masks.append(m)
+    return out_images, out_masks
+
+
+def make_preprocessing(train_images_raw, cfg: TrainConfig) -> Preprocessing:
+    """Preprocessing fitted on training images only: stain target and channel statistics."""
+    base = Preprocessing(scale=cfg.scale, mask=cfg.mask)
+    scaled = [base.image(im) for im in train_images_raw]
+    target = reinhard_target(scaled) if cfg.stain_norm else None
+    if target is not None:
+        base = replace(base, stain_target=target)
+        scaled = [base.image(im) for im in train_images_raw]
+    mean, std = channel_stats(scaled)
+    return replace(base, mean=mean, std=std)
+
+
+def save_run(run_dir: Path, model: SagaNet, class_names, prep: Preprocessing, cfg: TrainConfig, metrics: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "weights.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, run_dir / "weights.safetensors")
+    config = {"format_version": FORMAT_VERSION, "class_names": list(class_names), "model": model.config.to_dict(),
+              "preprocessing": prep.to_dict(), "train": cfg.to_dict()}
+    _atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    _atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+
+
+def load_run(run_dir) -> tuple[SagaNet, dict, Preprocessing]:
+    run_dir = Path(run_dir)
+    cfg_path, w_path = run_dir / "config.json", run_dir / "weights.safetensors"
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing; is {run_dir} a finished training run?")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{cfg_path}: format_version {config.get('format_version')!r}, this saganet reads {FORMAT_VERSION}")
+    model = SagaNet(ModelConfig.from_dict(config["model"]))
+    model.load_state_dict(load_file(str(w_path)))
+    model.eval()
+    return model, config, Preprocessing.from_dict(config["preprocessing"])
+
+
+def split_validation(labels, fraction: float, seed: int):
+    """Stratified hold-out of `fraction` of the training images (at least one per class)."""
+    rng = np.random.default_rng([seed, 7])
+    labels = np.asarray(labels)
+    val = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(idx))))
+        if k >= len(idx):
+            raise ValueError(f"class {c!r} has {len(idx)} training image(s): too few to hold out {k} for validation")
+        val.extend(rng.choice(idx, size=k, replace=False).tolist())
+    val = np.array(sorted(val))
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    return train, val
+
+
+def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=None, skip_bad=False,
+              pretrained=None, log=print) -> dict:
+    """The `saganet train` command: DATA -> RUN directory. Returns the metrics dict."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "train.log", "a")
+
+    def both(msg):
+        log(msg)
+        logf.write(msg + "\n")
+        logf.flush()
+
+    try:
+        samples, class_names = load_dataset(data)
+        if shots:
+            rng = np.random.default_rng([cfg.seed, 11])
+            picked = []
+            for c in class_names:
+                idx = [i for i, s in enumerate(samples) if s.label == c]
+                if len(idx) < shots:
+                    raise ValueError(f"class {c!r} has {len(idx)} images, fewer than --shots {shots}")
+                picked.extend(rng.choice(idx, size=shots, replace=False).tolist())
+            samples = [samples[i] for i in sorted(picked)]
+        raw, samples, bad = load_images(samples, skip_bad=skip_bad, log=both)
+        user_masks = None
+        if mask_dir:
+            root = Path(data) if Path(data).is_dir() else Path(data).parent
+            user_masks = [load_mask_png(mask_path_for(s.path, root, mask_dir), im.shape[:2]) for s, im in zip(samples, raw)]
+        labels = np.array([class_names.index(s.label) for s in samples])
+        tr, va = (split_validation(labels, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0
+                  else (np.arange(len(labels)), np.array([], dtype=int)))
+        prep = make_preprocessing([raw[i] for i in tr], cfg)
+        imgs, masks = prepare_images(raw, prep, user_masks)
+        both(f"training {cfg.variant} on {len(tr)} images ({len(va)} held out for validation), classes {class_names}")
+        val = ([imgs[i] for i in va], [masks[i] for i in va], labels[va]) if len(va) else None
+        t0 = time.time()
+        model, history = fit([imgs[i] for i in tr], [masks[i] for i in tr], labels[tr], class_names, cfg, prep,
+                             val=val, checkpoint=out / "checkpoint.pt", log=both, pretrained=pretrained)
+        metrics = {"train_seconds": round(time.time() - t0, 1), "history": history, "train_images": len(tr),
+                   "val_images": len(va), "skipped_files": bad,
+                   "train_files": [samples[i].path for i in tr], "val_files": [samples[i].path for i in va]}
+        save_run(out, model, class_names, prep, cfg, metrics)
+        both(f"wrote {out}/weights.safetensors, config.json, metrics.json")
+        return metrics
+    finally:
+        logf.close()

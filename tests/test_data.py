@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from saganet.data import DatasetError, ImageLoadError, load_dataset, load_image, load_images, load_mask_png, read_manifest
+
+
+def _save(path, arr, mode=None, **kw):
+    im = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
+    im.save(path, **kw)
+    return path
+
+
+def test_modes_converted(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8)
+    assert load_image(_save(tmp_path / "a.png", rgb)).shape == (10, 12, 3)
+    grey = load_image(_save(tmp_path / "g.png", rgb, "L"))
+    assert grey.shape == (10, 12, 3) and np.array_equal(grey[..., 0], grey[..., 1])
+    assert load_image(_save(tmp_path / "p.png", rgb, "P")).shape == (10, 12, 3)
+    rgba = np.dstack([rgb, np.zeros((10, 12), np.uint8)])  # fully transparent -> white background
+    out = load_image(_save(tmp_path / "t.png", rgba))
+    assert out.shape == (10, 12, 3) and out.min() == 255
+    sixteen = (np.arange(120, dtype=np.uint16).reshape(10, 12) * 500)
+    Image.fromarray(sixteen).save(tmp_path / "s.png")
+    out = load_image(tmp_path / "s.png")
+    assert out.dtype == np.uint8 and out.shape == (10, 12, 3) and out.max() > 200
+
+
+def test_corrupt_truncated_and_missing_named(tmp_path):
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    with pytest.raises(ImageLoadError, match="junk.png"):
+        load_image(tmp_path / "junk.png")
+    rgb = np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    _save(tmp_path / "full.jpg", rgb)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ImageLoadError, match="cut.jpg"):
+        load_image(tmp_path / "cut.jpg")
+    with pytest.raises(ImageLoadError, match="not found"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_decompression_bomb_refused(tmp_path):
+    Image.new("L", (3000, 3000)).save(tmp_path / "big.png")
+    with pytest.raises(ImageLoadError, match="big.png.*exceeds"):
+        load_image(tmp_path / "big.png", max_pixels=1_000_000)
+
+
+def test_skip_bad_reports(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        _save(tmp_path / cls / "ok.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "b" / "bad.png").write_bytes(b"\x89PNG broken")
+    samples, classes = load_dataset(tmp_path)
+    assert classes == ["a", "b"] and len(samples) == 3
+    with pytest.raises(ImageLoadError, match="bad.png"):
+        load_images(samples)
+    msgs = []
+    imgs, kept, bad = load_images(samples, skip_bad=True, log=msgs.append)
+    assert len(imgs) == 2 and len(bad) == 1 and "bad.png" in bad[0] and msgs
+
+
+def test_manifest_errors(tmp_path):
+    (tmp_path / "m.csv").write_text("file,class\nx.png,a\n")
+    with pytest.raises(DatasetError, match="header"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("path,label\nx.png,\n")
+    with pytest.raises(DatasetError, match="line 2"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_bytes(b"path,label\n\xff\xfe.png,a\n")
+    with pytest.raises(DatasetError, match="UTF-8"):
+        read_manifest(tmp_path / "m.csv")
+    with pytest.raises(DatasetError, match="no such"):
+        load_dataset(tmp_path / "missing")
+
+
+def test_real_manifest_has_patients(data_dir):
+    samples, classes = load_dataset(data_dir / "osteosarcoma_ut_test60")
+    assert classes == ["Non-Tumor", "Non-Viable-Tumor", "Viable"]
+    assert len(samples) == 60 and all(s.patient for s in samples)
+
+
+def test_user_mask_size_checked(tmp_path):
+    Image.fromarray(np.full((4, 5), 255, np.uint8)).save(tmp_path / "m.png")
+    assert load_mask_png(tmp_path / "m.png", (4, 5)).all()
+    with pytest.raises(ImageLoadError, match="m.png.*5x4"):
+        load_mask_png(tmp_path / "m.png", (8, 8))
