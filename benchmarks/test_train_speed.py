@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared_data import few_per_class
 from saganet.data import load_dataset, load_images
 from saganet.model import SagaNet, saganet_loss, variant_config
 from saganet.train import TrainConfig, _random_crop_batch, make_preprocessing, prepare_images
@@ -17,17 +18,13 @@ BATCH, CROP = 32, 64
 
 @pytest.fixture(scope="module")
 def batch(data_dir):
-    samples, classes = load_dataset(data_dir / "lymphoma_iicbu")
-    samples = [s for c in classes for s in [x for x in samples if x.label == c][:4]]
-    raw, samples, _ = load_images(samples)
-    y = np.array([classes.index(s.label) for s in samples])
+    raw, y, classes = few_per_class(data_dir, "lymphoma_iicbu", 4)
     cfg = TrainConfig(crop=CROP)
     prep = make_preprocessing(raw, cfg)
     imgs, masks = prepare_images(raw, prep)
     idx = np.random.default_rng(0).integers(0, len(y), BATCH)
     x, m, t = _random_crop_batch(imgs, masks, y, idx, CROP, np.random.default_rng(1), 0.05)
-    xt = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
-    return xt, torch.from_numpy(m).unsqueeze(1).float(), t, len(classes)
+    return prep.to_tensor(x), torch.from_numpy(m).unsqueeze(1).float(), t, len(classes)
 
 
 @pytest.mark.parametrize("variant", ["saganet", "baseline", "no-gate", "no-length", "no-mask"])

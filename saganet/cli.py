@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data")
     e.add_argument("--out", default=None, help="output folder (default RUN/eval)")
     e.add_argument("--skip-bad", action="store_true")
+    e.add_argument("--mask-dir", default=None, help="user masks, laid out as for train")
     e.add_argument("--exclude-train", action="store_true", help="leave out the images the run trained on (from RUN/metrics.json)")
 
     s = sub.add_parser("study", help="small-sample protocol: shots x repeats x variants")
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
         elif args.command == "eval":
             from .evaluate import eval_run
 
-            eval_run(args.run, args.data, args.out, skip_bad=args.skip_bad, exclude_train=args.exclude_train)
+            eval_run(args.run, args.data, args.out, skip_bad=args.skip_bad, exclude_train=args.exclude_train,
+                     mask_dir=args.mask_dir)
         elif args.command == "study":
             from .study import run_study
 

@@ -166,6 +166,8 @@ def load_images(samples: list[Sample], skip_bad: bool = False, log=print) -> tup
     return images, kept, bad
 
 
-def mask_path_for(sample_path: str, data_root, mask_dir) -> Path:
-    rel = os.path.relpath(sample_path, data_root)
-    return Path(mask_dir) / Path(rel).with_suffix(".png")
+def user_masks(samples: list[Sample], images: list[np.ndarray], data, mask_dir) -> list[np.ndarray]:
+    """Masks supplied by the user: <mask_dir>/<path relative to DATA>.png, one per image."""
+    root = Path(data) if Path(data).is_dir() else Path(data).parent
+    return [load_mask_png(Path(mask_dir) / Path(os.path.relpath(s.path, root)).with_suffix(".png"), im.shape[:2])
+            for s, im in zip(samples, images)]

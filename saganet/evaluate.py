@@ -77,9 +77,9 @@ def plot_confusion(metrics: dict, path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def eval_run(run_dir, data, out=None, skip_bad=False, exclude_train=False, log=print) -> dict:
+def eval_run(run_dir, data, out=None, skip_bad=False, exclude_train=False, mask_dir=None, log=print) -> dict:
     """The `saganet eval` command. exclude_train leaves out the images the run trained or validated on."""
-    from .data import load_dataset, load_images
+    from .data import load_dataset, load_images, user_masks
     from .train import load_run, prepare_images
 
     model, config, prep = load_run(run_dir)
@@ -96,7 +96,7 @@ def eval_run(run_dir, data, out=None, skip_bad=False, exclude_train=False, log=p
             raise ValueError(f"{data}: every image was used in training; nothing left to evaluate")
         log(f"evaluating on {len(samples)} images the run did not train on")
     raw, samples, bad = load_images(samples, skip_bad=skip_bad, log=log)
-    imgs, masks = prepare_images(raw, prep)
+    imgs, masks = prepare_images(raw, prep, user_masks(samples, raw, data, mask_dir) if mask_dir else None)
     y = np.array([class_names.index(s.label) for s in samples])
     metrics = classification_metrics(y, predict(model, prep, imgs, masks), class_names)
     metrics["skipped_files"] = bad

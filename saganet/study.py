@@ -42,14 +42,16 @@ def patient_splits(labels: np.ndarray, patients: list[str]) -> list[tuple[set, s
 def draw_split(labels: np.ndarray, patients: list[str] | None, shots: int, repeat: int):
     """Training indices (shots per class) and test indices for one repeat.
 
-    With patients, the repeat cycles through the valid patient partitions and the shots come from
-    training patients only; every image of the test patients is tested.
+    With patients, the repeat cycles through the patient partitions that put every class on both
+    sides with at least `shots` training images per class; the shots come from training patients
+    only and every image of the test patients is tested.
     """
     rng = np.random.default_rng([repeat, shots, 2021])
     if patients:
-        splits = patient_splits(labels, patients)
+        splits = [(tr, te) for tr, te in patient_splits(labels, patients)
+                  if all(sum(1 for l, p in zip(labels, patients) if l == c and p in tr) >= shots for c in np.unique(labels))]
         if not splits:
-            raise ValueError("no patient split puts every class in both train and test")
+            raise ValueError(f"no patient split puts every class in both train and test with {shots} training images per class")
         train_p, test_p = splits[repeat % len(splits)]
         pool = np.array([p in train_p for p in patients])
         test = np.flatnonzero(np.array([p in test_p for p in patients]))

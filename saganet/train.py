@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data import Sample, load_dataset, load_image, load_images, load_mask_png, mask_path_for
+from .data import load_dataset, load_images, user_masks
 from .evaluate import classification_metrics, predict
 from .model import SagaNet, load_torchvision_weights, saganet_loss, variant_config
 from .model.saganet import ModelConfig
@@ -28,10 +28,10 @@ FORMAT_VERSION = 1
 class TrainConfig:
     variant: str = "saganet"
     backbone: str = "resnet-tiny"
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 32
-    crop: int = 96  # training crop edge (px, after scaling); evaluation sees the whole image
-    crops_per_image: int = 4  # random crops drawn per training image per epoch
+    crop: int = 64  # training crop edge (px, after scaling); evaluation sees the whole image
+    crops_per_image: int = 16  # random crops drawn per training image per epoch
     scale: float = 1.0  # image resize factor before cropping (1.0 = native resolution)
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -121,25 +121,29 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    history, start, best = [], 0, None
+    history, start, best, patience_left, stopped = [], 0, None, cfg.patience, False
+    settings = json.dumps(cfg.to_dict(), sort_keys=True)
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{checkpoint}: cannot read checkpoint ({e}); delete it to start over") from None
+        if state.get("settings") != settings:
+            raise ValueError(f"{checkpoint} was written with other training settings; use a new --out folder, "
+                             f"or the same settings to resume")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = int(state["epoch"]), json.loads(state["history"])
-        best = state.get("best")
+        best, patience_left, stopped = state.get("best"), int(state["patience_left"]), bool(state["stopped"])
         log(f"resumed from {checkpoint} after epoch {start}")
 
-    mean_t = torch.tensor(prep.mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(prep.std).view(1, 3, 1, 1)
-    patience_left = cfg.patience
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.epochs, initial=start, desc=f"train {cfg.variant}", unit="epoch", leave=False)
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, cfg.epochs if not stopped else start):
         # Every epoch's randomness derives from (seed, epoch): resuming replays it exactly.
         rng = np.random.default_rng([cfg.seed, epoch])
         torch.manual_seed(cfg.seed * 100003 + epoch)
@@ -149,9 +153,7 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
         for s in range(steps_per_epoch):
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             x, m, y = _random_crop_batch(images, masks, labels, idx, cfg.crop, rng, cfg.hed_sigma)
-            xt = (torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0) - mean_t) / std_t
-            mt = torch.from_numpy(m).unsqueeze(1).float()
-            out = model(xt, mt)
+            out = model(prep.to_tensor(x), torch.from_numpy(m).unsqueeze(1).float())
             losses = saganet_loss(out, y, mcfg.loss)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -170,6 +172,7 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
                 patience_left = cfg.patience
             else:
                 patience_left -= 1
+            stopped = patience_left <= 0
         history.append(rec)
         log(json.dumps(rec))
         if bar is not None:
@@ -177,11 +180,12 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
             bar.set_postfix(loss=f"{rec['loss']:.3f}")
         if checkpoint is not None:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "epoch": epoch + 1, "history": json.dumps(history)}
+                     "epoch": epoch + 1, "history": json.dumps(history), "settings": settings,
+                     "patience_left": patience_left, "stopped": stopped}
             if best is not None:
                 state["best"] = best
             _atomic_torch_save(state, checkpoint)
-        if val is not None and patience_left <= 0:
+        if stopped:
             log(f"early stop after epoch {epoch + 1}: best validation balanced accuracy {best['score']:.3f} at epoch {best['epoch']}")
             break
     if bar is not None:
@@ -204,10 +208,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_images(images, prep: Preprocessing, user_masks=None):
+def prepare_images(images, prep: Preprocessing, given_masks=None):
     out_images, out_masks = [], []
     for i, im in enumerate(images):
-        a, m = prep.prepare(im, None if user_masks is None else user_masks[i])
+        a, m = prep.prepare(im, None if given_masks is None else given_masks[i])
         out_images.append(a)
         out_masks.append(m)
     return out_images, out_masks
@@ -294,15 +298,12 @@ def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=No
                 picked.extend(rng.choice(idx, size=shots, replace=False).tolist())
             samples = [samples[i] for i in sorted(picked)]
         raw, samples, bad = load_images(samples, skip_bad=skip_bad, log=both)
-        user_masks = None
-        if mask_dir:
-            root = Path(data) if Path(data).is_dir() else Path(data).parent
-            user_masks = [load_mask_png(mask_path_for(s.path, root, mask_dir), im.shape[:2]) for s, im in zip(samples, raw)]
+        given = user_masks(samples, raw, data, mask_dir) if mask_dir else None
         labels = np.array([class_names.index(s.label) for s in samples])
         tr, va = (split_validation(labels, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0
                   else (np.arange(len(labels)), np.array([], dtype=int)))
         prep = make_preprocessing([raw[i] for i in tr], cfg)
-        imgs, masks = prepare_images(raw, prep, user_masks)
+        imgs, masks = prepare_images(raw, prep, given)
         both(f"training {cfg.variant} on {len(tr)} images ({len(va)} held out for validation), classes {class_names}")
         val = ([imgs[i] for i in va], [masks[i] for i in va], labels[va]) if len(va) else None
         t0 = time.time()

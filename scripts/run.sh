@@ -15,6 +15,5 @@ MSG
   exit 2
 fi
 OUT=${OUT:-runs/main}
-.venv/bin/saganet train "$DATA" --out "$OUT" --shots "${SHOTS:-20}" --val-fraction 0 --epochs "${EPOCHS:-20}" \
-  --image-size 64 --crops-per-image 16
+.venv/bin/saganet train "$DATA" --out "$OUT" --shots "${SHOTS:-20}" --val-fraction 0 --epochs "${EPOCHS:-20}"
 .venv/bin/saganet eval "$OUT" "$DATA" --exclude-train

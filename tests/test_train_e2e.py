@@ -1,11 +1,13 @@
 """A tiny end-to-end training on real lymphoma images: seconds, not minutes."""
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from shared_data import few_per_class
 from saganet.cli import main
 from saganet.data import load_dataset, load_images
 from saganet.evaluate import predict
@@ -17,10 +19,7 @@ CFG = TrainConfig(epochs=4, crop=64, crops_per_image=8, batch_size=16, threads=2
 
 @pytest.fixture(scope="module")
 def tiny(data_dir):
-    samples, classes = load_dataset(data_dir / "lymphoma_iicbu")
-    picked = [s for c in classes for s in [x for x in samples if x.label == c][:4]]
-    raw, picked, _ = load_images(picked)
-    y = np.array([classes.index(s.label) for s in picked])
+    raw, y, classes = few_per_class(data_dir, "lymphoma_iicbu", 4)
     prep = make_preprocessing(raw, CFG)
     imgs, masks = prepare_images(raw, prep)
     return imgs, masks, y, classes, prep
@@ -29,10 +28,9 @@ def tiny(data_dir):
 def _fixed_batch_loss(model, tiny, cfg):
     imgs, masks, y, classes, prep = tiny
     x, m, t = _random_crop_batch(imgs, masks, y, np.arange(len(y)), cfg.crop, np.random.default_rng(5), 0.0)
-    xt = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
     model.eval()
     with torch.no_grad():
-        return saganet_loss(model(xt, torch.from_numpy(m).unsqueeze(1).float()), t, model.config.loss)["class_loss"].item()
+        return saganet_loss(model(prep.to_tensor(x), torch.from_numpy(m).unsqueeze(1).float()), t, model.config.loss)["class_loss"].item()
 
 
 def test_loss_falls(tiny):
@@ -132,3 +130,48 @@ def test_patient_split_never_shares_patients(data_dir):
         tr, te = draw_split(y, pats, 5, r)
         assert not {pats[i] for i in tr} & {pats[i] for i in te}
         assert set(y[tr]) == set(y[te]) == {0, 1, 2} and np.bincount(y[tr]).tolist() == [5, 5, 5]
+
+
+def test_user_masks(data_dir, tmp_path, capsys):
+    from PIL import Image
+
+    data = data_dir / "crc_val_he_7k_test70"
+    samples, _ = load_dataset(data)
+    masks = tmp_path / "masks"
+    for s in samples[:-1]:  # the last image gets no mask: its absence must be named
+        rel = Path(s.path).relative_to(data).with_suffix(".png")
+        (masks / rel).parent.mkdir(parents=True, exist_ok=True)
+        m = np.zeros((224, 224), np.uint8)
+        m[:, :112] = 255
+        Image.fromarray(m).save(masks / rel)
+    missing = Path(samples[-1].path).relative_to(data).with_suffix(".png")
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "64",
+            "--crops-per-image", "1", "--val-fraction", "0", "--mask-dir", str(masks)]
+    assert main(args) == 2
+    assert f"{missing.name}: mask file not found" in capsys.readouterr().err
+    (masks / missing).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((224, 224), 255, np.uint8)).save(masks / missing)
+    assert main(args) == 0
+    assert main(["eval", str(tmp_path / "run"), str(data), "--mask-dir", str(masks)]) == 0
+
+
+def test_resume_refuses_other_settings_and_corrupt_checkpoint(tiny, tmp_path):
+    imgs, masks, y, classes, prep = tiny
+    ck = tmp_path / "ck.pt"
+    fit(imgs, masks, y, classes, replace(CFG, epochs=1), prep, checkpoint=ck, log=lambda m: None, progress=False)
+    with pytest.raises(ValueError, match="other training settings"):
+        fit(imgs, masks, y, classes, replace(CFG, epochs=2), prep, checkpoint=ck, log=lambda m: None, progress=False)
+    ck.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        fit(imgs, masks, y, classes, CFG, prep, checkpoint=ck, log=lambda m: None, progress=False)
+
+
+def test_early_stopping_is_remembered(tiny, tmp_path):
+    imgs, masks, y, classes, prep = tiny
+    cfg = replace(CFG, epochs=6, patience=1, lr=0.0)  # lr 0: validation never improves after epoch 1
+    val = (imgs[:3], masks[:3], y[:3])
+    ck = tmp_path / "ck.pt"
+    _, hist = fit(imgs, masks, y, classes, cfg, prep, val=val, checkpoint=ck, log=lambda m: None, progress=False)
+    assert len(hist) == 2
+    _, hist2 = fit(imgs, masks, y, classes, cfg, prep, val=val, checkpoint=ck, log=lambda m: None, progress=False)
+    assert len(hist2) == 2  # resuming a stopped run trains no further
