@@ -1,8 +1,9 @@
 """The non-deep anchor: hand-crafted colour and texture features with a cross-validated linear classifier.
 
 Colour and HED statistics, haematoxylin grey-level co-occurrence (GLCM), local binary patterns
-and an optical-density histogram (scikit-image), then standardisation and logistic regression
-with C chosen by stratified cross-validation inside the training images (scikit-learn).
+and an optical-density histogram (scikit-image), then standardisation and either logistic
+regression or an RBF-SVM, the classifier and its C chosen by stratified cross-validation inside the
+training images (scikit-learn).
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from skimage.color import rgb2gray, rgb2hed
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
 
@@ -38,12 +40,27 @@ def classic_features(rgb: np.ndarray) -> np.ndarray:
 
 
 def fit_classic(features: np.ndarray, labels: np.ndarray, seed: int = 0):
-    """Standardise + logistic regression; C picked by stratified CV inside the training images."""
+    """Standardise + (logistic regression | RBF-SVM); model and C picked by stratified CV inside
+    the training images. Ties go to the first candidate (the simpler, linear model)."""
     per_class = np.bincount(labels).min()
     folds = int(min(3, per_class))
     pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     if folds < 2:
         return pipe.fit(features, labels)
-    grid = GridSearchCV(pipe, {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]},
-                        cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="balanced_accuracy")
-    return grid.fit(features, labels).best_estimator_
+    grid = [{"clf": [LogisticRegression(max_iter=5000)], "clf__C": [0.01, 0.1, 1.0, 10.0]},
+            {"clf": [SVC(kernel="rbf", decision_function_shape="ovr")], "clf__C": [0.1, 1.0, 10.0, 100.0]}]
+    pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=5000))])
+    search = GridSearchCV(pipe, grid, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="balanced_accuracy")
+    return search.fit(features, labels).best_estimator_
+
+
+def classic_probs(model, features: np.ndarray) -> np.ndarray:
+    """Class scores summing to one: logistic-regression probabilities, or a softmax over the
+    SVM's one-vs-rest decision values (its argmax is the SVM's own prediction)."""
+    if hasattr(model, "predict_proba"):
+        return model.predict_proba(features)
+    d = model.decision_function(features)
+    if d.ndim == 1:  # two classes
+        d = np.stack([-d, d], axis=1)
+    e = np.exp(d - d.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classic import classic_features, fit_classic
+from .classic import classic_features, classic_probs, fit_classic
 from .data import load_dataset, load_images
 from .evaluate import classification_metrics, predict
 from .preprocess import Preprocessing, channel_stats
@@ -71,6 +71,9 @@ def draw_split(labels: np.ndarray, patients: list[str] | None, shots: int, repea
 
 
 def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, log=print) -> dict:
+    if cfg.stain_norm:
+        raise ValueError("the study prepares every image once and does not support --stain-norm; "
+                         "compare stain normalisation with saganet train/eval")
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     samples, class_names = load_dataset(data)
@@ -87,10 +90,12 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, log=print) 
             "patient_split": bool(patients), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}"}
     (out / "study_config.json").write_text(json.dumps(meta, indent=2))
     t_study = time.time()
+    total, k = len(shots) * repeats * len(variants), 0
     for n in shots:
         for r in range(repeats):
             train, test = draw_split(labels, patients, n, r)
             for v in variants:
+                k += 1
                 path = out / "runs" / f"{n}shot_r{r}_{v}.json"
                 if path.is_file():
                     continue
@@ -100,7 +105,7 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, log=print) 
                         log("computing classic features for every image (once)")
                         feats = np.stack([classic_features(im) for im in imgs])
                     clf = fit_classic(feats[train], labels[train], seed=r)
-                    probs = clf.predict_proba(feats[test])
+                    probs = classic_probs(clf, feats[test])
                 else:
                     mean, std = channel_stats([imgs[i] for i in train])
                     prep = replace(base, mean=mean, std=std)
@@ -113,7 +118,7 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, log=print) 
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(rec, indent=2))
                 os.replace(tmp, path)
-                log(f"{n} shots, repeat {r}, {v}: balanced accuracy {m['balanced_accuracy']:.3f} ({rec['seconds']}s)")
+                log(f"[{k}/{total}] {n} shots, repeat {r}, {v}: balanced accuracy {m['balanced_accuracy']:.3f} ({rec['seconds']}s)")
     summary = summarise(out, shots, variants)
     summary["wall_seconds_this_invocation"] = round(time.time() - t_study, 1)
     return summary
@@ -134,15 +139,35 @@ def summarise(out, shots, variants) -> dict:
                                   "accuracy_mean": float(np.mean([r["accuracy"] for r in rs])),
                                   "macro_f1_mean": float(np.mean([r["macro_f1"] for r in rs])),
                                   "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
-                                  "test_images": int(rs[0]["test_images"])}
-    summary = {"table": list(table.values()), "runs": runs}
+                                  "test_images": sorted({int(r["test_images"]) for r in rs})}
+    # Paired differences: every variant saw the same draws as the baseline in each repeat.
+    paired = []
+    for n in shots:
+        base = {r["repeat"]: r["balanced_accuracy"] for r in runs if r["shots"] == n and r["variant"] == "baseline"}
+        for v in variants:
+            if v == "baseline":
+                continue
+            d = np.array([r["balanced_accuracy"] - base[r["repeat"]] for r in runs
+                          if r["shots"] == n and r["variant"] == v and r["repeat"] in base])
+            if len(d):
+                paired.append({"shots": n, "variant": v, "repeats": len(d), "minus_baseline_mean": float(d.mean()),
+                               "minus_baseline_std": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                               "wins": int((d > 0).sum()), "losses": int((d < 0).sum())})
+    summary = {"table": list(table.values()), "paired_vs_baseline": paired, "runs": runs}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     lines = ["| shots | variant | repeats | balanced acc. (mean +- std) | accuracy | macro-F1 | test images | s/run |",
              "|---|---|---|---|---|---|---|---|"]
     for row in table.values():
+        t = row["test_images"]
+        n_test = str(t[0]) if len(t) == 1 else f"{t[0]}-{t[-1]}"
         lines.append(f"| {row['shots']} | {row['variant']} | {row['repeats']} | {row['balanced_accuracy_mean']:.3f} +- "
                      f"{row['balanced_accuracy_std']:.3f} | {row['accuracy_mean']:.3f} | {row['macro_f1_mean']:.3f} | "
-                     f"{row['test_images']} | {row['seconds_mean']:.0f} |")
+                     f"{n_test} | {row['seconds_mean']:.0f} |")
+    if paired:
+        lines += ["", "Paired difference to `baseline` (same training draws), balanced accuracy:", "",
+                  "| shots | variant | mean +- std | wins / losses |", "|---|---|---|---|"]
+        lines += [f"| {p['shots']} | {p['variant']} | {p['minus_baseline_mean']:+.3f} +- {p['minus_baseline_std']:.3f} | "
+                  f"{p['wins']} / {p['losses']} |" for p in paired]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(table, out / "results.png")
     return summary

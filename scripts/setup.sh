@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # The CPU build of torch 2.13.0 first, so nothing later pulls a multi-GB CUDA build.
-.venv/bin/python -m pip install -q "torch==2.13.0" numpy
+.venv/bin/python -m pip install -q "torch==2.13.0" numpy "setuptools>=77"
 .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"

@@ -1,6 +1,6 @@
 import numpy as np
 
-from saganet.classic import classic_features, fit_classic
+from saganet.classic import classic_features, classic_probs, fit_classic
 from saganet.data import load_dataset, load_images
 from saganet.preprocess import Preprocessing, channel_stats
 from saganet.stain import hed_jitter, reinhard_normalize, reinhard_target
@@ -50,4 +50,19 @@ def test_classic_features_and_classifier(data_dir):
     assert f.shape[0] == 6 and np.isfinite(f).all()
     assert np.array_equal(classic_features(raw[0]), f[0])
     clf = fit_classic(f, y)
-    assert clf.predict_proba(f).shape == (6, 3)
+    p = classic_probs(clf, f)
+    assert p.shape == (6, 3) and np.allclose(p.sum(1), 1) and np.array_equal(p.argmax(1), clf.predict(f))
+
+
+def test_classic_svm_scores_match_its_predictions():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 12)
+    X = rng.normal(size=(36, 10))
+    X[:, 0] += 3 * np.sin(y * 2.0)  # non-linear in the label, so the SVM has a chance
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    svm = make_pipeline(StandardScaler(), SVC(kernel="rbf")).fit(X, y)
+    p = classic_probs(svm, X)
+    assert np.allclose(p.sum(1), 1) and np.array_equal(p.argmax(1), svm.predict(X))
