@@ -81,7 +81,13 @@ def main(argv=None) -> int:
 
             m = train_run(args.data, args.out, _train_config(args), shots=args.shots, mask_dir=args.mask_dir,
                           skip_bad=args.skip_bad, pretrained=args.pretrained)
-            print(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))
+            hist = m["history"]
+            summary = {"train_seconds": m["train_seconds"], "train_images": m["train_images"],
+                       "val_images": m["val_images"], "skipped_files": len(m["skipped_files"]),
+                       "epochs": len(hist), "final_loss": hist[-1]["loss"] if hist else None}
+            if m["val_images"]:
+                summary["best_val_balanced_accuracy"] = max(h["val_balanced_accuracy"] for h in hist)
+            print(json.dumps(summary, indent=2))
         elif args.command == "eval":
             from .evaluate import eval_run
 

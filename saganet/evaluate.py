@@ -96,7 +96,8 @@ def eval_run(run_dir, data, out=None, skip_bad=False, exclude_train=False, mask_
             raise ValueError(f"{data}: every image was used in training; nothing left to evaluate")
         log(f"evaluating on {len(samples)} images the run did not train on")
     raw, samples, bad = load_images(samples, skip_bad=skip_bad, log=log)
-    imgs, masks = prepare_images(raw, prep, user_masks(samples, raw, data, mask_dir) if mask_dir else None)
+    imgs, masks = prepare_images(raw, prep, user_masks(samples, raw, data, mask_dir) if mask_dir else None,
+                                 names=[s.path for s in samples])
     y = np.array([class_names.index(s.label) for s in samples])
     metrics = classification_metrics(y, predict(model, prep, imgs, masks), class_names)
     metrics["skipped_files"] = bad

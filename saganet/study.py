@@ -82,7 +82,7 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, log=print) 
     patients = [s.patient for s in samples] if all(s.patient for s in samples) else None
     base = Preprocessing(scale=cfg.scale, mask=cfg.mask)
     t_prep = time.time()
-    imgs, masks = prepare_images(raw, base)
+    imgs, masks = prepare_images(raw, base, names=[s.path for s in samples])
     log(f"{data}: {len(samples)} images, classes {class_names}, patients {sorted(set(patients)) if patients else 'unknown'}; "
         f"prepared in {time.time() - t_prep:.0f}s; mean valid fraction {np.mean([m.mean() for m in masks]):.2f}")
     feats = None

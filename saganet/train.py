@@ -208,10 +208,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_images(images, prep: Preprocessing, given_masks=None):
+def prepare_images(images, prep: Preprocessing, given_masks=None, names=None):
+    """Scale/stain/mask every image; `names` (file paths) make errors say which image failed."""
     out_images, out_masks = [], []
     for i, im in enumerate(images):
-        a, m = prep.prepare(im, None if given_masks is None else given_masks[i])
+        try:
+            a, m = prep.prepare(im, None if given_masks is None else given_masks[i])
+        except ValueError as e:
+            raise ValueError(f"{names[i] if names else f'image {i}'}: {e}") from None
         out_images.append(a)
         out_masks.append(m)
     return out_images, out_masks
@@ -303,7 +307,7 @@ def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=No
         tr, va = (split_validation(labels, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0
                   else (np.arange(len(labels)), np.array([], dtype=int)))
         prep = make_preprocessing([raw[i] for i in tr], cfg)
-        imgs, masks = prepare_images(raw, prep, given)
+        imgs, masks = prepare_images(raw, prep, given, names=[s.path for s in samples])
         both(f"training {cfg.variant} on {len(tr)} images ({len(va)} held out for validation), classes {class_names}")
         val = ([imgs[i] for i in va], [masks[i] for i in va], labels[va]) if len(va) else None
         t0 = time.time()

@@ -66,3 +66,8 @@ def test_unknown_names_rejected():
         variant_config("nope")
     with pytest.raises(ValueError, match="backbone"):
         SagaNet(variant_config("saganet", backbone="resnet999"))
+
+
+def test_loss_overrides_change_only_named_fields():
+    cfg = variant_config("saganet", loss={"agreement_weight": 0.0})
+    assert cfg.loss.agreement_weight == 0.0 and cfg.loss.kind == "margin" and cfg.loss.m_plus == 0.9

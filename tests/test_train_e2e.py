@@ -175,3 +175,16 @@ def test_early_stopping_is_remembered(tiny, tmp_path):
     assert len(hist) == 2
     _, hist2 = fit(imgs, masks, y, classes, cfg, prep, val=val, checkpoint=ck, log=lambda m: None, progress=False)
     assert len(hist2) == 2  # resuming a stopped run trains no further
+
+
+def test_tiny_image_error_names_file(tmp_path, capsys):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "data" / "b" / "dot.png")
+    rc = main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0"])
+    assert rc == 2
+    assert "dot.png" in capsys.readouterr().err

@@ -45,9 +45,14 @@ VARIANTS: dict[str, dict] = {
 
 
 def variant_config(variant: str, **overrides) -> ModelConfig:
+    """A variant's switches, then any ModelConfig field; `loss` may be a dict of LossConfig fields
+    that change only those fields of the variant's loss."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    return replace(ModelConfig(**VARIANTS[variant]), **overrides)
+    cfg = ModelConfig(**VARIANTS[variant])
+    if isinstance(overrides.get("loss"), dict):
+        overrides["loss"] = replace(cfg.loss, **overrides["loss"])
+    return replace(cfg, **overrides)
 
 
 class SagaNet(nn.Module):
