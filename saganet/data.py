@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-# Largest image we decode (pixels). Beyond this PIL's bomb check fires and we name the file.
+# Largest image we decode (pixels); larger ones are refused as possible decompression bombs.
 MAX_IMAGE_PIXELS = 64_000_000
 
 
@@ -43,18 +42,13 @@ def load_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            old = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            try:
-                with Image.open(path) as im:
-                    if im.width * im.height > max_pixels:
-                        raise ImageLoadError(path, f"{im.width}x{im.height} pixels exceeds the limit of {max_pixels}")
-                    im.load()
-                    return _to_rgb(im, path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+        # Image.open reads only the header: the size check runs before any pixel is decoded.
+        # (PIL's own bomb check, a process-wide setting, stays as a backstop at its default.)
+        with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                raise ImageLoadError(path, f"{im.width}x{im.height} pixels exceeds the limit of {max_pixels}")
+            im.load()
+            return _to_rgb(im, path)
     except ImageLoadError:
         raise
     except FileNotFoundError:
