@@ -1,4 +1,4 @@
-"""The non-deep anchor: hand-crafted colour and texture features with a cross-validated linear classifier.
+"""The non-deep anchor: hand-crafted colour and texture features with a cross-validated classifier.
 
 Colour and HED statistics, haematoxylin grey-level co-occurrence (GLCM), local binary patterns
 and an optical-density histogram (scikit-image), then standardisation and either logistic
@@ -12,7 +12,7 @@ from skimage.color import rgb2gray, rgb2hed
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
@@ -42,14 +42,12 @@ def classic_features(rgb: np.ndarray) -> np.ndarray:
 def fit_classic(features: np.ndarray, labels: np.ndarray, seed: int = 0):
     """Standardise + (logistic regression | RBF-SVM); model and C picked by stratified CV inside
     the training images. Ties go to the first candidate (the simpler, linear model)."""
-    per_class = np.bincount(labels).min()
-    folds = int(min(3, per_class))
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    if folds < 2:
+    folds = int(min(3, np.bincount(labels).min()))
+    pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=5000))])
+    if folds < 2:  # one image in some class: nothing to cross-validate, keep the linear default
         return pipe.fit(features, labels)
     grid = [{"clf": [LogisticRegression(max_iter=5000)], "clf__C": [0.01, 0.1, 1.0, 10.0]},
             {"clf": [SVC(kernel="rbf", decision_function_shape="ovr")], "clf__C": [0.1, 1.0, 10.0, 100.0]}]
-    pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=5000))])
     search = GridSearchCV(pipe, grid, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="balanced_accuracy")
     return search.fit(features, labels).best_estimator_
 
