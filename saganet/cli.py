@@ -13,7 +13,8 @@ def _train_config(a) -> TrainConfig:
     return TrainConfig(variant=a.variant, backbone=a.backbone, epochs=a.epochs, crop=a.image_size, scale=a.scale,
                        seed=a.seed, batch_size=a.batch_size, crops_per_image=a.crops_per_image, lr=a.lr,
                        stain_norm=a.stain_norm, threads=a.threads,
-                       val_fraction=getattr(a, "val_fraction", 0.0), patience=getattr(a, "patience", 8))
+                       val_fraction=getattr(a, "val_fraction", 0.0), patience=getattr(a, "patience", 8),
+                       pretrained=a.pretrained or "", freeze_backbone=getattr(a, "freeze_backbone", False))
 
 
 def _add_train_args(p, study: bool = False):
@@ -32,6 +33,8 @@ def _add_train_args(p, study: bool = False):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--stain-norm", action="store_true", help="Reinhard stain normalisation to the training images' statistics")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--pretrained", default=None,
+                   help="backbone weights: a `saganet pretrain` encoder, or torchvision-layout ResNet weights (.pth or .safetensors)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--shots", type=int, default=None, help="use only N images per class (drawn with --seed)")
     t.add_argument("--val-fraction", type=float, default=0.2, help="share of training images held out for early stopping (0 = fixed schedule)")
     t.add_argument("--patience", type=int, default=8)
-    t.add_argument("--pretrained", default=None, help="local torchvision-layout ResNet weights (.pth or .safetensors)")
+    t.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: train only the gate and head")
     t.add_argument("--mask-dir", default=None, help="folder of user masks: <mask-dir>/<class>/<image>.png, non-zero = valid")
     t.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images instead of stopping")
     _add_train_args(t)
@@ -65,7 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--variants", nargs="+", default=["saganet", "baseline", "no-gate", "no-length", "classic"],
                    choices=["saganet", "baseline", "no-gate", "no-length", "no-mask", "classic"])
+    s.add_argument("--inits", nargs="+", default=["scratch"], choices=["scratch", "finetune", "frozen"],
+                   help="backbone initialisations per deep variant; finetune/frozen use --pretrained")
     _add_train_args(s, study=True)
+
+    from .pretrain import PretrainConfig
+
+    d = PretrainConfig()
+    p = sub.add_parser("pretrain", help="self-supervised pretraining of the backbone on unlabelled images and slides")
+    p.add_argument("sources", nargs="+", help="images, slides (.svs, .ndpi, pyramid TIFF, ...) or folders of them")
+    p.add_argument("--out", required=True, help="encoder file to write (.safetensors); its card goes beside it (.json)")
+    p.add_argument("--method", default=d.method, choices=["simclr", "byol"])
+    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--tile-size", type=int, default=d.tile_size, help="tile edge in pixels; views are cropped from tiles")
+    p.add_argument("--crop", type=int, default=d.crop, help="view edge fed to the network")
+    p.add_argument("--max-tiles", type=int, default=d.max_tiles)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--snapshot-every", type=int, default=0, help="also write OUT-epochNNN.safetensors every N epochs")
     return ap
 
 
@@ -80,7 +103,7 @@ def main(argv=None) -> int:
             from .train import train_run
 
             m = train_run(args.data, args.out, _train_config(args), shots=args.shots, mask_dir=args.mask_dir,
-                          skip_bad=args.skip_bad, pretrained=args.pretrained)
+                          skip_bad=args.skip_bad)
             hist = m["history"]
             summary = {"train_seconds": m["train_seconds"], "train_images": m["train_images"],
                        "val_images": m["val_images"], "skipped_files": len(m["skipped_files"]),
@@ -97,8 +120,17 @@ def main(argv=None) -> int:
             from .study import run_study
 
             summary = run_study(args.data, args.out, args.shots, args.repeats, args.variants,
-                                replace(_train_config(args), val_fraction=0.0))
+                                replace(_train_config(args), val_fraction=0.0), inits=args.inits)
             print(open(f"{args.out}/results.md").read())
+        elif args.command == "pretrain":
+            from .pretrain import PretrainConfig, pretrain
+
+            cfg = PretrainConfig(method=args.method, backbone=args.backbone, epochs=args.epochs, tile_size=args.tile_size,
+                                 crop=args.crop, max_tiles=args.max_tiles, batch_size=args.batch_size, lr=args.lr,
+                                 seed=args.seed, threads=args.threads)
+            card = pretrain(args.sources, args.out, cfg, snapshot_every=args.snapshot_every)
+            print(json.dumps({k: card[k] for k in ("method", "backbone", "tiles", "steps", "train_hours")} |
+                             {"skipped": len(card["skipped"])}, indent=2))
     except KeyboardInterrupt:
         print("interrupted; finished epochs/runs are saved and the command resumes where it stopped", file=sys.stderr)
         return 130

@@ -70,7 +70,25 @@ def draw_split(labels: np.ndarray, patients: list[str] | None, shots: int, repea
     return train, test
 
 
-def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, log=print) -> dict:
+INITS = ("scratch", "finetune", "frozen")
+
+
+def run_labels(variants, inits) -> list[tuple[str, str, str]]:
+    """(label, variant, init) for every run of a repeat; deep variants x inits, classic once.
+
+    Labels: `saganet` (from scratch), `saganet+finetune`, `saganet+frozen`, `classic`."""
+    out = []
+    for v in variants:
+        for init in (["scratch"] if v == "classic" else inits):
+            if init not in INITS:
+                raise ValueError(f"unknown init {init!r}; choose from {INITS}")
+            out.append((v if init == "scratch" else f"{v}+{init}", v, init))
+    return out
+
+
+def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scratch",), log=print) -> dict:
+    if any(i != "scratch" for i in inits) and not cfg.pretrained:
+        raise ValueError("inits finetune/frozen need an encoder (--pretrained)")
     if cfg.stain_norm:
         raise ValueError("the study prepares every image once and does not support --stain-norm; "
                          "compare stain normalisation with saganet train/eval")
@@ -86,17 +104,19 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, log=print) 
     log(f"{data}: {len(samples)} images, classes {class_names}, patients {sorted(set(patients)) if patients else 'unknown'}; "
         f"prepared in {time.time() - t_prep:.0f}s; mean valid fraction {np.mean([m.mean() for m in masks]):.2f}")
     feats = None
+    runs = run_labels(variants, inits)
     meta = {"data": str(data), "class_names": class_names, "train_config": cfg.to_dict(), "skipped_files": bad,
+            "inits": list(inits),
             "patient_split": bool(patients), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}"}
     (out / "study_config.json").write_text(json.dumps(meta, indent=2))
     t_study = time.time()
-    total, k = len(shots) * repeats * len(variants), 0
+    total, k = len(shots) * repeats * len(runs), 0
     for n in shots:
         for r in range(repeats):
             train, test = draw_split(labels, patients, n, r)
-            for v in variants:
+            for label, v, init in runs:
                 k += 1
-                path = out / "runs" / f"{n}shot_r{r}_{v}.json"
+                path = out / "runs" / f"{n}shot_r{r}_{label}.json"
                 if path.is_file():
                     continue
                 t0 = time.time()
@@ -109,17 +129,19 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, log=print) 
                 else:
                     mean, std = channel_stats([imgs[i] for i in train])
                     prep = replace(base, mean=mean, std=std)
+                    run_cfg = replace(cfg, variant=v, seed=r, pretrained=cfg.pretrained if init != "scratch" else "",
+                                      freeze_backbone=init == "frozen")
                     model, _ = fit([imgs[i] for i in train], [masks[i] for i in train], labels[train], class_names,
-                                   replace(cfg, variant=v, seed=r), prep, log=lambda m: None, progress=False)
+                                   run_cfg, prep, log=lambda m: None, progress=False)
                     probs = predict(model, prep, [imgs[i] for i in test], [masks[i] for i in test])
                 m = classification_metrics(labels[test], probs, class_names)
-                rec = {"shots": n, "repeat": r, "variant": v, "seconds": round(time.time() - t0, 1),
+                rec = {"shots": n, "repeat": r, "variant": label, "seconds": round(time.time() - t0, 1),
                        "train_images": len(train), "test_images": len(test), **m}
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(rec, indent=2))
                 os.replace(tmp, path)
-                log(f"[{k}/{total}] {n} shots, repeat {r}, {v}: balanced accuracy {m['balanced_accuracy']:.3f} ({rec['seconds']}s)")
-    summary = summarise(out, shots, variants)
+                log(f"[{k}/{total}] {n} shots, repeat {r}, {label}: balanced accuracy {m['balanced_accuracy']:.3f} ({rec['seconds']}s)")
+    summary = summarise(out, shots, [label for label, _, _ in runs])
     summary["wall_seconds_this_invocation"] = round(time.time() - t_study, 1)
     return summary
 
@@ -140,20 +162,27 @@ def summarise(out, shots, variants) -> dict:
                                   "macro_f1_mean": float(np.mean([r["macro_f1"] for r in rs])),
                                   "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
                                   "test_images": sorted({int(r["test_images"]) for r in rs})}
-    # Paired differences: every variant saw the same draws as the baseline in each repeat.
+    # Paired differences on the same training draws: every variant against the baseline with the
+    # same initialisation (`saganet+frozen` - `baseline+frozen`), and every pretrained variant
+    # against itself from scratch (what pretraining bought).
     paired = []
     for n in shots:
-        base = {r["repeat"]: r["balanced_accuracy"] for r in runs if r["shots"] == n and r["variant"] == "baseline"}
         for v in variants:
-            if v == "baseline":
+            if v.startswith("classic"):
                 continue
-            d = np.array([r["balanced_accuracy"] - base[r["repeat"]] for r in runs
-                          if r["shots"] == n and r["variant"] == v and r["repeat"] in base])
-            if len(d):
-                paired.append({"shots": n, "variant": v, "repeats": len(d), "minus_baseline_mean": float(d.mean()),
-                               "minus_baseline_std": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
-                               "wins": int((d > 0).sum()), "losses": int((d < 0).sum())})
-    summary = {"table": list(table.values()), "paired_vs_baseline": paired, "runs": runs}
+            refs = ["baseline" + (v[v.index("+"):] if "+" in v else "")] + ([v.split("+")[0]] if "+" in v else [])
+            for ref in refs:
+                if ref == v:
+                    continue
+                base = {r["repeat"]: r["balanced_accuracy"] for r in runs if r["shots"] == n and r["variant"] == ref}
+                d = np.array([r["balanced_accuracy"] - base[r["repeat"]] for r in runs
+                              if r["shots"] == n and r["variant"] == v and r["repeat"] in base])
+                if len(d):
+                    paired.append({"shots": n, "variant": v, "reference": ref, "repeats": len(d),
+                                   "minus_reference_mean": float(d.mean()),
+                                   "minus_reference_std": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                                   "wins": int((d > 0).sum()), "losses": int((d < 0).sum())})
+    summary = {"table": list(table.values()), "paired": paired, "runs": runs}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     lines = ["| shots | variant | repeats | balanced acc. (mean +- std) | accuracy | macro-F1 | test images | s/run |",
              "|---|---|---|---|---|---|---|---|"]
@@ -164,9 +193,9 @@ def summarise(out, shots, variants) -> dict:
                      f"{row['balanced_accuracy_std']:.3f} | {row['accuracy_mean']:.3f} | {row['macro_f1_mean']:.3f} | "
                      f"{n_test} | {row['seconds_mean']:.0f} |")
     if paired:
-        lines += ["", "Paired difference to `baseline` (same training draws), balanced accuracy:", "",
-                  "| shots | variant | mean +- std | wins / losses |", "|---|---|---|---|"]
-        lines += [f"| {p['shots']} | {p['variant']} | {p['minus_baseline_mean']:+.3f} +- {p['minus_baseline_std']:.3f} | "
+        lines += ["", "Paired differences on the same training draws, balanced accuracy:", "",
+                  "| shots | variant | minus | mean +- std | wins / losses |", "|---|---|---|---|---|"]
+        lines += [f"| {p['shots']} | {p['variant']} | {p['reference']} | {p['minus_reference_mean']:+.3f} +- {p['minus_reference_std']:.3f} | "
                   f"{p['wins']} / {p['losses']} |" for p in paired]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(table, out / "results.png")

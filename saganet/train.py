@@ -42,6 +42,8 @@ class TrainConfig:
     hed_sigma: float = 0.05  # HED stain-jitter strength (0 = off)
     stain_norm: bool = False  # Reinhard normalisation to the training set's LAB statistics
     threads: int = 0  # torch threads (0 = leave torch's default)
+    pretrained: str = ""  # backbone weights to start from: a `saganet pretrain` encoder or torchvision-layout file
+    freeze_backbone: bool = False  # train only gate and head on a pretrained backbone (BN statistics still adapt)
     model_overrides: dict = field(default_factory=dict)  # any ModelConfig field, e.g. {"mask_floor": 0.0}
     mask: MaskConfig = field(default_factory=MaskConfig)
 
@@ -94,7 +96,7 @@ def balanced_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
 
 
 def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessing, val=None,
-        checkpoint: Path | None = None, log=print, progress: bool = True, pretrained: str | None = None):
+        checkpoint: Path | None = None, log=print, progress: bool = True):
     """Train a model on prepared (uint8, scaled) images with boolean masks.
 
     val: optional (images, masks, labels) for early stopping on balanced accuracy.
@@ -107,10 +109,15 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
     mcfg = variant_config(cfg.variant, num_classes=len(class_names), backbone=cfg.backbone, **cfg.model_overrides)
     _seed_everything(cfg.seed)
     model = SagaNet(mcfg)
-    if pretrained:
-        ignored = load_torchvision_weights(model.backbone, pretrained)
-        log(f"loaded backbone weights from {pretrained} ({len(ignored)} keys ignored)")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.pretrained:
+        load_backbone(model, cfg, log)
+    elif cfg.freeze_backbone:
+        raise ValueError("freezing the backbone needs pretrained weights (--pretrained)")
+    if cfg.freeze_backbone:
+        # Frozen weights, but BN layers stay in training mode: their running statistics move to
+        # the labelled images' domain (AdaBN), which costs nothing and the pool's stains differ.
+        model.backbone.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(labels) * cfg.crops_per_image / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     warm = steps_per_epoch * cfg.warmup_epochs
@@ -196,6 +203,19 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
     return model, history
 
 
+def load_backbone(model: SagaNet, cfg: TrainConfig, log=print) -> None:
+    """Load cfg.pretrained into the backbone; a pretrain card beside it must name the same backbone."""
+    from .pretrain import read_card
+
+    card = read_card(cfg.pretrained)
+    if card is not None and card.get("backbone") != cfg.backbone:
+        raise ValueError(f"{cfg.pretrained} was pretrained as backbone {card.get('backbone')!r}; "
+                         f"train with --backbone {card.get('backbone')}")
+    ignored = load_torchvision_weights(model.backbone, cfg.pretrained)
+    what = f"{card['method']} encoder, {card['tiles']} tiles, {card['train_hours']} h" if card else "no pretrain card"
+    log(f"loaded backbone weights from {cfg.pretrained} ({what}; {len(ignored)} keys ignored)")
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = Path(str(path) + ".tmp")
     torch.save(obj, tmp)
@@ -279,7 +299,7 @@ def split_validation(labels, fraction: float, seed: int):
 
 
 def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=None, skip_bad=False,
-              pretrained=None, log=print) -> dict:
+              log=print) -> dict:
     """The `saganet train` command: DATA -> RUN directory. Returns the metrics dict."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,7 +332,7 @@ def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=No
         val = ([imgs[i] for i in va], [masks[i] for i in va], labels[va]) if len(va) else None
         t0 = time.time()
         model, history = fit([imgs[i] for i in tr], [masks[i] for i in tr], labels[tr], class_names, cfg, prep,
-                             val=val, checkpoint=out / "checkpoint.pt", log=both, pretrained=pretrained)
+                             val=val, checkpoint=out / "checkpoint.pt", log=both)
         metrics = {"train_seconds": round(time.time() - t0, 1), "history": history, "train_images": len(tr),
                    "val_images": len(va), "skipped_files": bad,
                    "train_files": [samples[i].path for i in tr], "val_files": [samples[i].path for i in va]}

@@ -1,0 +1,399 @@
+"""Self-supervised pretraining of the backbone on unlabelled images and slides.
+
+Tiles come from tissue only: slides through a thumbnail tissue mask, images through random crops
+kept when at least half is tissue. Two views of each tile pass through pathology augmentations
+(random resized crop over a 2x zoom range, 90-degree rotations and flips, HED stain jitter,
+brightness/contrast, Gaussian blur), done in torch on whole batches because per-tile numpy would
+cost more than the network on 2 cores. Methods: SimCLR (NT-Xent) and BYOL (EMA target,
+predictor); docs/results.md records which one won and why it is the default.
+
+Output: ENCODER (.safetensors, the backbone in torchvision layout, loadable by
+`saganet train --pretrained`) and ENCODER's card (.json: sources, tile counts, method, hours).
+Training resumes from ENCODER.ckpt and replays exactly: every epoch's randomness derives from
+(seed, epoch).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from skimage.color import hed_from_rgb, rgb_from_hed
+from torch import nn
+
+from .data import IMAGE_EXTENSIONS, load_image
+from .model.backbone import ResNet, backbone_config
+from .slide import SlideError, is_slide, open_slide, read_rgb, tissue_tiles
+from .tissue import MaskConfig, mask_components
+
+CARD_FORMAT = "saganet-encoder"
+CARD_VERSION = 1
+METHODS = ("simclr", "byol")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    method: str = "simclr"
+    backbone: str = "resnet-tiny"
+    epochs: int = 30
+    tile_size: int = 128  # tiles stored in the bank (px); views are cropped from them
+    crop: int = 64  # view edge fed to the network (px)
+    min_scale: float = 0.25  # smallest view side as a fraction of the tile: zoom range 0.5x-2x at defaults
+    max_tiles: int = 20000
+    slide_downsamples: tuple[int, ...] = (1, 2)  # slide tiles are read at these downsamples of level 0
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    temperature: float = 0.2  # SimCLR
+    ema: float = 0.99  # BYOL target momentum at the start (cosine to 1)
+    hed_sigma: float = 0.1  # stronger than in supervised training: invariance to stain is the point
+    blur_p: float = 0.5
+    seed: int = 0
+    threads: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- sources and the tile bank
+
+def find_sources(sources) -> list[tuple[str, str]]:
+    """(path, "image" | "slide") for each file, and for every image/slide under each folder."""
+    out = []
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file())
+            files = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS or is_slide(f)]
+        elif p.is_file():
+            files = [p]
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        out.extend((str(f), "slide" if is_slide(f) else "image") for f in files)
+    if not out:
+        raise ValueError(f"no images or slides found in {list(map(str, sources))}")
+    return out
+
+
+def _tissue_fraction(rgb: np.ndarray) -> float:
+    return float(mask_components(rgb, MaskConfig(focus_min=0.0, cell_density_min=-1.0, min_region=0))["tissue"].mean())
+
+
+def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
+def build_tile_bank(sources, cfg: PretrainConfig, log=print):
+    """uint8 (N, T, T, 3) tissue tiles, per-source records and skipped files (path, reason).
+
+    Candidates are enumerated first (image crops at random positions, slide grid tiles on tissue)
+    and, past max_tiles, subsampled uniformly, so that only kept tiles are read.
+    """
+    rng = np.random.default_rng([cfg.seed, 5])
+    t = cfg.tile_size
+    candidates, records, skipped = [], [], []
+    for path, kind in find_sources(sources):
+        try:
+            if kind == "slide":
+                with open_slide(path) as slide:
+                    n0 = len(candidates)
+                    for ds in cfg.slide_downsamples:
+                        # Read at level 0 and shrink: exact downsample whatever levels the slide has.
+                        coords = tissue_tiles(slide, path, t * ds)
+                        candidates += [(len(records), "slide", path, (x, y, ds)) for x, y in coords]
+                    records.append({"path": path, "kind": kind, "candidates": len(candidates) - n0})
+            else:
+                h, w = load_image(path).shape[:2]
+                k = max(1, round(h * w / (t * t)))  # cover the image about once
+                pos = [(int(rng.integers(0, max(1, h - t + 1))), int(rng.integers(0, max(1, w - t + 1)))) for _ in range(k)]
+                candidates += [(len(records), "image", path, yx) for yx in pos]
+                records.append({"path": path, "kind": kind, "candidates": k})
+        except (ValueError, OSError) as e:  # ImageLoadError, SlideError, unreadable file
+            skipped.append({"path": path, "error": str(e)})
+            log(f"skipped {e}")
+    if len(candidates) > cfg.max_tiles:
+        keep = np.sort(rng.choice(len(candidates), size=cfg.max_tiles, replace=False))
+        candidates = [candidates[i] for i in keep]
+    tiles, kept = [], np.zeros(len(records), int)
+    cache_path, cache_img, handles = None, None, {}
+    try:
+        for rec_i, kind, path, where in candidates:
+            if any(s["path"] == path for s in skipped):
+                continue
+            try:
+                if kind == "slide":
+                    x, y, ds = where
+                    if path not in handles:
+                        handles[path] = open_slide(path)
+                    tile = read_rgb(handles[path], path, x, y, 0, t * ds, t * ds)
+                    tile = _resize(tile, t) if ds != 1 else tile
+                else:
+                    if path != cache_path:
+                        cache_path, cache_img = path, load_image(path)
+                    y0, x0 = where
+                    tile = cache_img[y0:y0 + t, x0:x0 + t]
+                    if tile.shape[:2] != (t, t):  # image smaller than a tile: reflect-pad
+                        tile = np.pad(tile, ((0, t - tile.shape[0]), (0, t - tile.shape[1]), (0, 0)), mode="reflect")
+            except (ValueError, OSError) as e:
+                skipped.append({"path": path, "error": str(e)})
+                log(f"skipped {e}")
+                continue
+            if _tissue_fraction(tile) >= 0.5:
+                tiles.append(tile)
+                kept[rec_i] += 1
+    finally:
+        for h in handles.values():
+            h.close()
+    for r, k in zip(records, kept):
+        r["tiles"] = int(k)
+    if not tiles:
+        raise ValueError("no tissue tiles found in the sources (all glass, too small, or unreadable)")
+    return np.stack(tiles), records, skipped
+
+
+# ---------------------------------------------------------------- augmentations (batched, torch)
+
+_HED_FROM_RGB = torch.tensor(hed_from_rgb, dtype=torch.float32)
+_RGB_FROM_HED = torch.tensor(rgb_from_hed, dtype=torch.float32)
+_LOG_ADJUST = -math.log(1e-6)  # skimage's rgb2hed scaling, so sigma/bias mean the same as stain.hed_jitter
+
+
+def hed_jitter_torch(x: torch.Tensor, gen: torch.Generator, sigma: float, bias: float = 0.01) -> torch.Tensor:
+    """x (B,3,H,W) RGB in [0,1]: scale and shift H, E, D per sample (skimage's colour deconvolution)."""
+    b = x.shape[0]
+    od = -torch.log(x.clamp_min(1e-6)) / _LOG_ADJUST
+    hed = torch.einsum("bchw,cd->bdhw", od, _HED_FROM_RGB)
+    alpha = 1 + sigma * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
+    beta = bias * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
+    od = torch.einsum("bdhw,dc->bchw", hed * alpha + beta, _RGB_FROM_HED)
+    return torch.exp(-od * _LOG_ADJUST).clamp(0, 1)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample separable Gaussian blur; sigma (B,) in pixels, 0 = unchanged."""
+    b, c, h, w = x.shape
+    r = torch.arange(-2, 3, dtype=x.dtype)
+    k = torch.exp(-(r[None] ** 2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, 5)
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (2, 2, 0, 0), mode="reflect"), k.view(b * c, 1, 1, 5), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, 2, 2), mode="reflect"), k.view(b * c, 1, 5, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def augment(tiles: torch.Tensor, cfg: PretrainConfig, gen: torch.Generator, mean, std) -> torch.Tensor:
+    """uint8 tiles (B,T,T,3) -> one normalised random view each, (B,3,crop,crop)."""
+    b = tiles.shape[0]
+    x = tiles.permute(0, 3, 1, 2).float().div_(255.0)
+    # Random resized crop, rotation by k*90 degrees and flip as one affine map per sample.
+    side = cfg.min_scale + (1 - cfg.min_scale) * torch.rand(b, generator=gen)
+    aspect = torch.exp((torch.rand(b, generator=gen) - 0.5) * 0.4)  # about 0.8-1.2
+    sx, sy = (side * aspect.sqrt()).clamp(max=1), (side / aspect.sqrt()).clamp(max=1)
+    tx = (1 - sx) * (2 * torch.rand(b, generator=gen) - 1)
+    ty = (1 - sy) * (2 * torch.rand(b, generator=gen) - 1)
+    k = torch.randint(0, 4, (b,), generator=gen).float() * (math.pi / 2)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(k), torch.sin(k)
+    theta = torch.stack([torch.stack([sx * cos * flip, -sy * sin, tx], 1),
+                         torch.stack([sx * sin * flip, sy * cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, (b, 3, cfg.crop, cfg.crop), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if cfg.hed_sigma > 0:
+        x = hed_jitter_torch(x, gen, cfg.hed_sigma)
+    bright = 1 + 0.15 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
+    contrast = 1 + 0.2 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
+    mu = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mu) * contrast + mu * bright).clamp(0, 1)
+    if cfg.blur_p > 0:
+        sigma = torch.where(torch.rand(b, generator=gen) < cfg.blur_p, 0.1 + 0.9 * torch.rand(b, generator=gen),
+                            torch.zeros(b))
+        x = _gaussian_blur(x, sigma)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+# ---------------------------------------------------------------- methods
+
+def _mlp(cin: int, hidden: int, cout: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(cin, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, cout))
+
+
+class SelfSupervised(nn.Module):
+    """Backbone + projector (+ predictor and EMA target for BYOL)."""
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__()
+        if cfg.method not in METHODS:
+            raise ValueError(f"unknown pretraining method {cfg.method!r}; choose one of {METHODS}")
+        self.method, self.temperature = cfg.method, cfg.temperature
+        self.backbone = ResNet(backbone_config(cfg.backbone))
+        c = self.backbone.out_channels
+        self.projector = _mlp(c, 512, 128)
+        if cfg.method == "byol":
+            self.predictor = _mlp(128, 512, 128)
+            self.target = nn.ModuleDict({"backbone": copy.deepcopy(self.backbone), "projector": copy.deepcopy(self.projector)})
+            self.target.requires_grad_(False)
+
+    def embed(self, x, backbone, projector):
+        return projector(backbone(x).mean(dim=(2, 3)))
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        if self.method == "simclr":
+            z = F.normalize(self.embed(torch.cat([v1, v2]), self.backbone, self.projector), dim=1)
+            n = v1.shape[0]
+            sim = z @ z.t() / self.temperature
+            sim.fill_diagonal_(float("-inf"))
+            target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+            return F.cross_entropy(sim, target)
+        p = F.normalize(self.predictor(self.embed(torch.cat([v1, v2]), self.backbone, self.projector)), dim=1)
+        with torch.no_grad():
+            t = F.normalize(self.embed(torch.cat([v2, v1]), self.target["backbone"], self.target["projector"]), dim=1)
+        return (2 - 2 * (p * t).sum(1)).mean()
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        if self.method != "byol":
+            return
+        for src, dst in ((self.backbone, self.target["backbone"]), (self.projector, self.target["projector"])):
+            for a, b in zip(src.parameters(), dst.parameters()):
+                b.mul_(momentum).add_(a.detach(), alpha=1 - momentum)
+            for a, b in zip(src.buffers(), dst.buffers()):
+                b.copy_(a)
+
+
+# ---------------------------------------------------------------- training
+
+def card_path(encoder) -> Path:
+    return Path(encoder).with_suffix(".json")
+
+
+def read_card(encoder) -> dict | None:
+    """The JSON card beside an encoder file, or None for weights that did not come from pretrain."""
+    p = card_path(encoder)
+    if not p.is_file():
+        return None
+    try:
+        card = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    return card if isinstance(card, dict) and card.get("format") == CARD_FORMAT else None
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = Path(str(path) + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_encoder(path: Path, backbone: ResNet) -> None:
+    _atomic(path, lambda p: save_file({k: v.detach().contiguous() for k, v in backbone.state_dict().items()}, str(p)))
+
+
+def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=print, progress: bool = True) -> dict:
+    """Pretrain and write OUT (.safetensors) and its card; resumes from OUT.ckpt. Returns the card."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out {out}: the encoder file must end in .safetensors")
+    if cfg.crop > cfg.tile_size:
+        raise ValueError(f"crop {cfg.crop} is larger than the tile size {cfg.tile_size}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_bank = time.time()
+    bank, records, skipped = build_tile_bank(sources, cfg, log=log)
+    n = len(bank)
+    if n < 2 * max(2, min(cfg.batch_size, n) // 2):
+        raise ValueError(f"only {n} tissue tiles: too few to pretrain")
+    batch = min(cfg.batch_size, n - n % 2)
+    flat = bank.reshape(-1, 3).astype(np.float64) / 255.0
+    mean, std = tuple(flat.mean(0).tolist()), tuple(flat.std(0).tolist())
+    del flat
+    log(f"tile bank: {n} tiles of {cfg.tile_size} px from {len(records)} sources "
+        f"({len(skipped)} skipped) in {time.time() - t_bank:.0f}s")
+
+    torch.manual_seed(cfg.seed)
+    model = SelfSupervised(cfg)
+    params = [p for name, p in model.named_parameters() if not name.startswith("target.")]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = n // batch
+    total, warm = steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "threads"}  # threads change speed, not results
+    fingerprint = {"settings": settings, "tiles": n, "sources": [r["path"] for r in records],
+                   "bank_checksum": int(bank[:, ::8, ::8].astype(np.int64).sum())}
+    ckpt = Path(str(out) + ".ckpt")
+    start, history, seconds = 0, [], 0.0
+    if ckpt.is_file():
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{ckpt}: cannot read checkpoint ({e}); delete it to start over") from None
+        if json.loads(state["fingerprint"]) != json.loads(json.dumps(fingerprint)):
+            raise ValueError(f"{ckpt} was written with other settings or sources; delete it or choose another --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history, seconds = int(state["epoch"]), json.loads(state["history"]), float(state["seconds"])
+        log(f"resumed from {ckpt} after epoch {start}")
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start * steps_per_epoch, desc=f"pretrain {cfg.method}", unit="step", leave=False)
+    bank_t = torch.from_numpy(bank)
+    for epoch in range(start, cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        order = torch.from_numpy(rng.permutation(n))
+        model.train()
+        t0, loss_sum = time.time(), 0.0
+        for s in range(steps_per_epoch):
+            tiles = bank_t[order[s * batch:(s + 1) * batch]]
+            v1, v2 = augment(tiles, cfg, gen, mean, std), augment(tiles, cfg, gen, mean, std)
+            loss = model.loss(v1, v2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step = epoch * steps_per_epoch + s + 1
+            model.update_target(1 - (1 - cfg.ema) * (math.cos(math.pi * step / total) + 1) / 2)
+            loss_sum += float(loss.detach())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+        seconds += time.time() - t0
+        rec = {"epoch": epoch + 1, "loss": loss_sum / steps_per_epoch, "seconds": round(time.time() - t0, 1),
+               "tiles_seen": (epoch + 1) * steps_per_epoch * batch}
+        history.append(rec)
+        if snapshot_every and (epoch + 1) % snapshot_every == 0 and epoch + 1 < cfg.epochs:
+            save_encoder(out.with_name(f"{out.stem}-epoch{epoch + 1:03d}.safetensors"), model.backbone)
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "epoch": epoch + 1, "history": json.dumps(history), "seconds": seconds,
+                 "fingerprint": json.dumps(fingerprint)}
+        _atomic(ckpt, lambda p: torch.save(state, p))
+        log(json.dumps(rec))  # after the checkpoint: a logged epoch is a saved epoch
+    if bar is not None:
+        bar.close()
+
+    save_encoder(out, model.backbone)
+    card = {"format": CARD_FORMAT, "format_version": CARD_VERSION, "method": cfg.method, "backbone": cfg.backbone,
+            "backbone_config": backbone_config(cfg.backbone).to_dict(), "config": cfg.to_dict(),
+            "sources": records, "skipped": skipped, "tiles": n, "views_seen": 2 * steps_per_epoch * batch * cfg.epochs,
+            "batch_size": batch, "steps": total, "train_seconds": round(seconds, 1),
+            "train_hours": round(seconds / 3600, 3), "normalisation": {"mean": mean, "std": std},
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "history": history}
+    _atomic(card_path(out), lambda p: p.write_text(json.dumps(card, indent=2)))
+    log(f"wrote {out} and {card_path(out)} ({seconds / 60:.1f} min of training)")
+    return card

@@ -1,0 +1,42 @@
+"""Slide reading on the two real slides: tissue tiles, MPP, clear errors."""
+import numpy as np
+import pytest
+
+from saganet.slide import SlideError, is_slide, open_slide, read_rgb, slide_mpp, tissue_tiles
+
+
+def test_mpp_from_property_or_explicit(data_dir):
+    cmu, tcga = data_dir / "wsi" / "cmu_small_region.svs", data_dir / "wsi" / "tcga-cr-7395-01a-01-ts1.svs"
+    with open_slide(cmu) as s:
+        assert slide_mpp(s, cmu) == pytest.approx(0.499)
+    with open_slide(tcga) as s:
+        with pytest.raises(SlideError, match="tcga-cr-7395.*no microns-per-pixel.*--mpp"):
+            slide_mpp(s, tcga)
+        assert slide_mpp(s, tcga, mpp=0.25) == 0.25
+        with pytest.raises(SlideError, match="must be positive"):
+            slide_mpp(s, tcga, mpp=0.0)
+
+
+def test_tissue_tiles_are_tissue(data_dir):
+    path = data_dir / "wsi" / "cmu_small_region.svs"
+    with open_slide(path) as s:
+        coords = tissue_tiles(s, path, 256)
+        assert 0 < len(coords) < (2220 // 256) * (2967 // 256)  # glass tiles are left out
+        tiles = [read_rgb(s, path, x, y, 0, 256, 256) for x, y in coords[:5]]
+        sub = tissue_tiles(s, path, 256, max_tiles=3, rng=np.random.default_rng(0))
+    assert len(sub) == 3 and set(sub) <= set(coords)
+    assert all(t.shape == (256, 256, 3) and t.dtype == np.uint8 and t.mean() < 225 for t in tiles)
+
+
+def test_bad_slides_name_the_file(tmp_path, data_dir):
+    with pytest.raises(SlideError, match="nope.svs: no such slide"):
+        open_slide(tmp_path / "nope.svs")
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"II*\x00" + bytes(64))
+    with pytest.raises(SlideError, match="bad.svs"):
+        open_slide(bad)
+    png = next((data_dir / "lymphoma_iicbu" / "CLL").glob("*.png"))
+    assert is_slide(data_dir / "wsi" / "cmu_small_region.svs") and not is_slide(png)
+    with open_slide(data_dir / "wsi" / "cmu_small_region.svs") as s:
+        with pytest.raises(SlideError, match="level 3 does not exist"):
+            tissue_tiles(s, "cmu", 256, level=3)
