@@ -66,8 +66,8 @@ class PretrainConfig:
 
 # ---------------------------------------------------------------- sources and the tile bank
 
-def find_sources(sources) -> list[tuple[str, str]]:
-    """(path, "image" | "slide") for each file, and for every image/slide under each folder."""
+def find_sources(sources) -> list[tuple[str, str, str]]:
+    """(path, "image" | "slide", source argument) for each file, and every image/slide under each folder."""
     out = []
     for s in sources:
         p = Path(s)
@@ -78,7 +78,7 @@ def find_sources(sources) -> list[tuple[str, str]]:
             files = [p]
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
-        out.extend((str(f), "slide" if is_slide(f) else "image") for f in files)
+        out.extend((str(f), "slide" if is_slide(f) else "image", str(s)) for f in files)
     if not out:
         raise ValueError(f"no images or slides found in {list(map(str, sources))}")
     return out
@@ -103,7 +103,7 @@ def build_tile_bank(sources, cfg: PretrainConfig, log=print):
     rng = np.random.default_rng([cfg.seed, 5])
     t = cfg.tile_size
     candidates, records, skipped = [], [], []
-    for path, kind in find_sources(sources):
+    for path, kind, source in find_sources(sources):
         try:
             if kind == "slide":
                 with open_slide(path) as slide:
@@ -112,15 +112,15 @@ def build_tile_bank(sources, cfg: PretrainConfig, log=print):
                         # Read at level 0 and shrink: exact downsample whatever levels the slide has.
                         coords = tissue_tiles(slide, path, t * ds)
                         candidates += [(len(records), "slide", path, (x, y, ds)) for x, y in coords]
-                    records.append({"path": path, "kind": kind, "candidates": len(candidates) - n0})
+                    records.append({"path": path, "kind": kind, "source": source, "candidates": len(candidates) - n0})
             else:
                 h, w = load_image(path).shape[:2]
                 k = max(1, round(h * w / (t * t)))  # cover the image about once
                 pos = [(int(rng.integers(0, max(1, h - t + 1))), int(rng.integers(0, max(1, w - t + 1)))) for _ in range(k)]
                 candidates += [(len(records), "image", path, yx) for yx in pos]
-                records.append({"path": path, "kind": kind, "candidates": k})
+                records.append({"path": path, "kind": kind, "source": source, "candidates": k})
         except (ValueError, OSError) as e:  # ImageLoadError, SlideError, unreadable file
-            skipped.append({"path": path, "error": str(e)})
+            skipped.append({"path": path, "source": source, "error": str(e)})
             log(f"skipped {e}")
     if len(candidates) > cfg.max_tiles:
         keep = np.sort(rng.choice(len(candidates), size=cfg.max_tiles, replace=False))
@@ -146,7 +146,7 @@ def build_tile_bank(sources, cfg: PretrainConfig, log=print):
                     if tile.shape[:2] != (t, t):  # image smaller than a tile: reflect-pad
                         tile = np.pad(tile, ((0, t - tile.shape[0]), (0, t - tile.shape[1]), (0, 0)), mode="reflect")
             except (ValueError, OSError) as e:
-                skipped.append({"path": path, "error": str(e)})
+                skipped.append({"path": path, "source": records[rec_i]["source"], "error": str(e)})
                 log(f"skipped {e}")
                 continue
             if _tissue_fraction(tile) >= 0.5:
@@ -289,6 +289,17 @@ def read_card(encoder) -> dict | None:
     return card if isinstance(card, dict) and card.get("format") == CARD_FORMAT else None
 
 
+def summarise_sources(sources, records, skipped) -> list[dict]:
+    """Per SOURCE argument: images, slides, tiles kept, files skipped (the card's short account)."""
+    out = []
+    for src in map(str, sources):
+        rs = [r for r in records if r["source"] == src]
+        out.append({"source": src, "images": sum(r["kind"] == "image" for r in rs),
+                    "slides": sum(r["kind"] == "slide" for r in rs), "tiles": sum(r.get("tiles", 0) for r in rs),
+                    "skipped": len({s["path"] for s in skipped if s["source"] == src})})
+    return out
+
+
 def _atomic(path: Path, write) -> None:
     tmp = Path(str(path) + ".tmp")
     write(tmp)
@@ -369,10 +380,11 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
             sched.step()
             step = epoch * steps_per_epoch + s + 1
             model.update_target(1 - (1 - cfg.ema) * (math.cos(math.pi * step / total) + 1) / 2)
-            loss_sum += float(loss.detach())
+            loss_value = loss.item()
+            loss_sum += loss_value
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{loss_value:.3f}")
         seconds += time.time() - t0
         rec = {"epoch": epoch + 1, "loss": loss_sum / steps_per_epoch, "seconds": round(time.time() - t0, 1),
                "tiles_seen": (epoch + 1) * steps_per_epoch * batch}
@@ -390,9 +402,9 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
     save_encoder(out, model.backbone)
     card = {"format": CARD_FORMAT, "format_version": CARD_VERSION, "method": cfg.method, "backbone": cfg.backbone,
             "backbone_config": backbone_config(cfg.backbone).to_dict(), "config": cfg.to_dict(),
-            "sources": records, "skipped": skipped, "tiles": n, "views_seen": 2 * steps_per_epoch * batch * cfg.epochs,
+            "inputs": summarise_sources(sources, records, skipped), "sources": records, "skipped": skipped, "tiles": n, "views_seen": 2 * steps_per_epoch * batch * cfg.epochs,
             "batch_size": batch, "steps": total, "train_seconds": round(seconds, 1),
-            "train_hours": round(seconds / 3600, 3), "normalisation": {"mean": mean, "std": std},
+            "train_hours": round(seconds / 3600, 4), "normalisation": {"mean": mean, "std": std},
             "torch": torch.__version__, "threads": torch.get_num_threads(), "history": history}
     _atomic(card_path(out), lambda p: p.write_text(json.dumps(card, indent=2)))
     log(f"wrote {out} and {card_path(out)} ({seconds / 60:.1f} min of training)")

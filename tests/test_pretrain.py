@@ -37,7 +37,9 @@ def test_card_says_what_went_in(encoder, sources):
     kinds = {r["path"]: r["kind"] for r in card["sources"]}
     assert kinds[sources[-1]] == "slide" and all(kinds[p] == "image" for p in sources[:3])
     assert sum(r["tiles"] for r in card["sources"]) == card["tiles"] <= 48
-    assert card["train_hours"] > 0 and card["skipped"] == [] and len(card["history"]) == 2
+    assert card["train_seconds"] > 0 and card["skipped"] == [] and len(card["history"]) == 2
+    assert [(i["images"], i["slides"]) for i in card["inputs"]] == [(1, 0)] * 3 + [(0, 1)]
+    assert sum(i["tiles"] for i in card["inputs"]) == card["tiles"]
 
 
 def test_encoder_loads_into_training(encoder, data_dir):
@@ -84,7 +86,7 @@ def test_corrupt_sources_are_reported_and_skipped(sources, tmp_path):
     bank, records, skipped = build_tile_bank([sources[0], str(tmp_path)], TINY, log=logs.append)
     assert len(bank) > 0
     assert {s["path"] for s in skipped} == {str(tmp_path / "broken.png"), str(tmp_path / "broken.svs")}
-    assert all(s["path"] in s["error"] for s in skipped) and len(logs) == 2
+    assert all(s["path"] in s["error"] and s["source"] == str(tmp_path) for s in skipped) and len(logs) == 2
     with pytest.raises(FileNotFoundError, match="nowhere"):
         build_tile_bank([str(tmp_path / "nowhere")], TINY)
     with pytest.raises(ValueError, match="no tissue tiles"):
