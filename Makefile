@@ -1,5 +1,5 @@
 # Every target only calls a script; the scripts work on a fresh machine.
-.PHONY: run test bench study setup
+.PHONY: run test bench study setup native-checks
 setup:
 	bash scripts/setup.sh
 run: setup
@@ -10,3 +10,5 @@ bench: setup
 	.venv/bin/python -m pytest benchmarks -q --benchmark-only
 study: setup
 	bash scripts/study.sh
+native-checks: setup
+	bash scripts/native_checks.sh

@@ -21,11 +21,19 @@ def info_text() -> str:
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA available: {torch.cuda.is_available()}"]
     for mod in ("numpy", "skimage", "sklearn", "safetensors", "PIL"):
         lines.append(f"{mod} {_version(mod)}")
+    from . import ops
+
     try:
-        importlib.import_module("saganet._C")
-        native = "built (saganet._C)"
-    except ImportError:
-        native = "not built: gate_mask_pool runs the pure-PyTorch reference"
-    lines.append(f"native extension: {native}")
+        c = importlib.import_module("saganet._C")
+        lines.append(f"native library: {c.build_info()}")
+    except ImportError as e:
+        lines.append(f"native library: not built ({e})")
+    if ops.AVAILABLE:
+        devices = [d for d in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key("saganet::gate_mask_pool", d)]
+        lines.append(f"gate_mask_pool: fused native op ({', '.join(devices)} kernels registered with torch)")
+    else:
+        lines.append(f"gate_mask_pool: pure-PyTorch reference; native op {ops.LOAD_ERROR}")
+    for mod in ("openslide",):
+        lines.append(f"{mod} {_version(mod)}")
     lines.append("inference backends: torch (eager) available; onnxruntime, aoti, native, tensorrt: not part of this version")
     return "\n".join(lines)

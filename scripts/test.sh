@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the whole test suite (benchmarks are separate: make bench).
+# Run the whole test suite (benchmarks are separate: make bench): native checks, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/native_checks.sh
 .venv/bin/python -m pytest tests -q "$@"

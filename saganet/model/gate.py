@@ -2,14 +2,17 @@
 
     g = sigmoid(conv1x1(F)),  z = sum_hw(F * g * M) / (sum_hw(g * M) + eps)
 
-`gate_mask_pool` is the single entry point; its body here is the pure-PyTorch reference. The
-native-core work replaces the body with fused kernels behind the same signature.
+`gate_mask_pool` is the single entry point: the fused native op (`saganet.ops`, C++/CUDA
+kernels) when it is built and has a kernel for the input's device and dtype, else the pure-PyTorch
+reference below, which the tests compare the native op against.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import ops
 
 EPS = 1e-6
 
@@ -22,6 +25,10 @@ def gate_mask_pool_reference(features: torch.Tensor, gate_logits: torch.Tensor, 
 
 
 def gate_mask_pool(features: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """features (B,C,H,W), gate_logits (B,1,H,W), mask (B,1,H,W) in [0,1] (or bool) -> z (B,C)."""
+    _check_shapes(features, gate_logits, mask)
+    if ops.supports(features):
+        return ops.gate_mask_pool(features, gate_logits, mask, eps)
     return gate_mask_pool_reference(features, gate_logits, mask, eps)
 
 

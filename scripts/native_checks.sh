@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Native checks beyond pytest, on the build that `pip install -e .` made (build/native):
+#  1. ctest: C++ kernel and C API tests (the CUDA test compiles here and reports "skipped" without a GPU);
+#  2. the same C++ tests built with AddressSanitizer + UndefinedBehaviorSanitizer (build/asan);
+#  3. install the C++ library, then build and run examples/scanner against it via find_package(saganet).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${SAGANET_BUILD_DIR:-build/native}
+bin() { if [ -x ".venv/bin/$1" ]; then echo "$PWD/.venv/bin/$1"; else command -v "$1"; fi; }
+CMAKE=$(bin cmake) CTEST=$(bin ctest)
+GEN=(); NINJA=$(bin ninja || true); [ -n "$NINJA" ] && GEN=(-G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA")
+
+echo "== ctest ($BUILD)"
+"$CTEST" --test-dir "$BUILD" --output-on-failure
+
+echo "== ctest under ASan + UBSan (build/asan)"
+[ -f build/asan/CMakeCache.txt ] || "$CMAKE" -S . -B build/asan "${GEN[@]}" -DCMAKE_BUILD_TYPE=Debug -DSAGANET_SANITIZE=ON \
+    -DSAGANET_CUDA=OFF > /dev/null
+"$CMAKE" --build build/asan --target test_kernels > /dev/null
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "$CTEST" --test-dir build/asan --output-on-failure
+
+echo "== examples/scanner against the installed library"
+"$CMAKE" --install "$BUILD" --prefix build/install > /dev/null
+[ -f build/scanner/CMakeCache.txt ] || "$CMAKE" -S examples/scanner -B build/scanner "${GEN[@]}" \
+    -DCMAKE_PREFIX_PATH="$PWD/build/install" > /dev/null
+"$CMAKE" --build build/scanner > /dev/null
+LD_LIBRARY_PATH="$PWD/build/install/lib" ./build/scanner/scanner
