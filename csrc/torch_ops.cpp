@@ -56,6 +56,20 @@ GateMaskPoolArgs make_args(const at::Tensor& F, const at::Tensor& G, const at::T
   return a;
 }
 
+Inputs prepare(const at::Tensor& features, const at::Tensor& gate_logits, const at::Tensor& mask, double eps,
+               at::ScalarType acc, const char* op) {
+  Inputs in{gate_for_kernel(gate_logits, acc, op), mask_for_kernel(mask, acc, op), {}};
+  in.args = make_args(features, in.gate, in.mask, eps, op);
+  return in;
+}
+
+std::pair<at::Tensor, at::Tensor> backward_inputs(const at::Tensor& grad_z, const at::Tensor& z,
+                                                  const GateMaskPoolArgs& a, at::ScalarType acc, const char* op) {
+  TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(0) == a.f.n && grad_z.size(1) == a.f.c && z.sizes() == grad_z.sizes(), op,
+              ": grad_z and z must be (B, C) = (", a.f.n, ", ", a.f.c, "), got ", grad_z.sizes(), " and ", z.sizes());
+  return {grad_z.to(acc).contiguous(), z.to(acc).contiguous()};
+}
+
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features, const at::Tensor& gate_logits,
@@ -64,8 +78,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features, const
   TORCH_CHECK(features.device().is_cpu(), op, ": CPU kernel called with features on ", features.device());
   TORCH_CHECK(features.scalar_type() != at::kHalf, op, ": float16 features are supported on CUDA only; use float32 or bfloat16 on the CPU");
   const auto acc = acc_type(features);
-  const at::Tensor g = gate_for_kernel(gate_logits, acc, op), m = mask_for_kernel(mask, acc, op);
-  const GateMaskPoolArgs a = make_args(features, g, m, eps, op);
+  const Inputs in = prepare(features, gate_logits, mask, eps, acc, op);
+  const GateMaskPoolArgs& a = in.args;
   auto z = at::empty({a.f.n, a.f.c}, features.options().dtype(acc));
   auto w = at::empty({a.f.n, 1, a.f.h, a.f.w}, features.options().dtype(acc));
   gate_mask_pool_forward_cpu(a, z.data_ptr(), w.data_ptr());
@@ -79,11 +93,9 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_z, const 
   TORCH_CHECK(features.device().is_cpu(), op, ": CPU kernel called with features on ", features.device());
   TORCH_CHECK(features.scalar_type() != at::kHalf, op, ": float16 features are supported on CUDA only");
   const auto acc = acc_type(features);
-  const at::Tensor g = gate_for_kernel(gate_logits, acc, op), m = mask_for_kernel(mask, acc, op);
-  const GateMaskPoolArgs a = make_args(features, g, m, eps, op);
-  TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(0) == a.f.n && grad_z.size(1) == a.f.c && z.sizes() == grad_z.sizes(), op,
-              ": grad_z and z must be (B, C) = (", a.f.n, ", ", a.f.c, "), got ", grad_z.sizes(), " and ", z.sizes());
-  const at::Tensor gz = grad_z.to(acc).contiguous(), zf = z.to(acc).contiguous();
+  const Inputs in = prepare(features, gate_logits, mask, eps, acc, op);
+  const GateMaskPoolArgs& a = in.args;
+  const auto [gz, zf] = backward_inputs(grad_z, z, a, acc, op);
   // empty_like keeps a dense input's strides (channels-last stays channels-last): no hidden copy.
   auto dF = at::empty_like(features);
   auto dG = at::empty({a.f.n, 1, a.f.h, a.f.w}, features.options().dtype(acc));

@@ -17,4 +17,15 @@ at::Tensor gate_for_kernel(const at::Tensor& gate_logits, at::ScalarType acc, co
 at::Tensor mask_for_kernel(const at::Tensor& mask, at::ScalarType acc, const char* op);
 View4 view_of(const at::Tensor& t);
 
+// What one kernel call reads, checked: the converted gate and mask (kept alive here) and the view.
+struct Inputs {
+  at::Tensor gate, mask;
+  GateMaskPoolArgs args;
+};
+Inputs prepare(const at::Tensor& features, const at::Tensor& gate_logits, const at::Tensor& mask, double eps,
+               at::ScalarType acc, const char* op);
+// grad_z and z for a backward kernel: checked to be (B, C), converted to `acc`, contiguous.
+std::pair<at::Tensor, at::Tensor> backward_inputs(const at::Tensor& grad_z, const at::Tensor& z,
+                                                  const GateMaskPoolArgs& a, at::ScalarType acc, const char* op);
+
 }  // namespace saganet

@@ -1,7 +1,7 @@
 // CUDA implementations of the saganet::gate_mask_pool ops: built only against a CUDA build of
 // PyTorch (the kernels themselves, gate_mask_pool_cuda.cu, build whenever nvcc is present).
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "torch_ops.h"
@@ -14,14 +14,14 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& features, cons
   const char* op = "saganet::gate_mask_pool";
   const c10::cuda::CUDAGuard guard(features.device());
   TORCH_CHECK(features.scalar_type() != at::kDouble, op, ": float64 features are supported on the CPU only");
-  const at::Tensor g = gate_for_kernel(gate_logits, at::kFloat, op), m = mask_for_kernel(mask, at::kFloat, op);
-  const GateMaskPoolArgs a = make_args(features, g, m, eps, op);
+  const Inputs in = prepare(features, gate_logits, mask, eps, at::kFloat, op);
+  const GateMaskPoolArgs& a = in.args;
   auto opts = features.options().dtype(at::kFloat);
   auto z = at::empty({a.f.n, a.f.c}, opts);
   auto w = at::empty({a.f.n, 1, a.f.h, a.f.w}, opts);
   auto ws = at::empty({a.f.n}, opts);
   const std::string err = gate_mask_pool_forward_cuda(a, z.data_ptr<float>(), w.data_ptr<float>(), ws.data_ptr<float>(),
-                                                      at::cuda::getCurrentCUDAStream().stream());
+                                                      c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err.empty(), op, ": ", err);
   return {features.scalar_type() == at::kFloat ? z : z.to(features.scalar_type()), w};
 }
@@ -32,18 +32,16 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_z, const
   const char* op = "saganet::gate_mask_pool_backward";
   const c10::cuda::CUDAGuard guard(features.device());
   TORCH_CHECK(features.scalar_type() != at::kDouble, op, ": float64 features are supported on the CPU only");
-  const at::Tensor g = gate_for_kernel(gate_logits, at::kFloat, op), m = mask_for_kernel(mask, at::kFloat, op);
-  const GateMaskPoolArgs a = make_args(features, g, m, eps, op);
-  TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(0) == a.f.n && grad_z.size(1) == a.f.c && z.sizes() == grad_z.sizes(), op,
-              ": grad_z and z must be (B, C) = (", a.f.n, ", ", a.f.c, "), got ", grad_z.sizes(), " and ", z.sizes());
-  const at::Tensor gz = grad_z.to(at::kFloat).contiguous(), zf = z.to(at::kFloat).contiguous();
+  const Inputs in = prepare(features, gate_logits, mask, eps, at::kFloat, op);
+  const GateMaskPoolArgs& a = in.args;
+  const auto [gz, zf] = backward_inputs(grad_z, z, a, at::kFloat, op);
   auto dF = at::empty_like(features);
   auto opts = features.options().dtype(at::kFloat);
   auto dG = at::empty({a.f.n, 1, a.f.h, a.f.w}, opts);
   auto ws = at::empty({a.f.n + a.f.n * a.f.h * a.f.w}, opts);
   const std::string err = gate_mask_pool_backward_cuda(a, gz.data_ptr<float>(), zf.data_ptr<float>(), dF.data_ptr(),
                                                        view_of(dF), dG.data_ptr<float>(), ws.data_ptr<float>(),
-                                                       at::cuda::getCurrentCUDAStream().stream());
+                                                       c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err.empty(), op, ": ", err);
   return {dF, dG.to(gate_logits.scalar_type())};
 }
