@@ -29,3 +29,4 @@ run transductive-lymphoma 14 4063 "$L"  # about 2,990 tiles: 11 steps per epoch
 $PY scripts/probe.py "$L" "$ENC"/lymph-pool-simclr-epoch0{05,10,15,20,25}.safetensors "$ENC/lymph-pool-simclr.safetensors" \
     "$CURVE"/tiles{1000,2000,4063}.safetensors "$CURVE/transductive-lymphoma.safetensors" \
     --shots 10 20 --repeats 5 --out docs/pretrain/probe_curve.json
+$PY scripts/curve_report.py
