@@ -141,7 +141,7 @@ template <typename T> struct Pool {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t c = 0; c < C; ++c) z[b * C + c] = dot(F + b * f.sn + c * f.sc, w + b * HW, HW) / denom[b];
     } else if (is_nhwc(f)) {
-      constexpr int64_t kBlock = 256;  // channels per task: an accumulator that stays in L1
+      constexpr int64_t kBlock = 1024;  // channels per task: whole pixel rows up to C=1024, accumulator in L1
       const int64_t nblk = (C + kBlock - 1) / kBlock;
 #pragma omp parallel for collapse(2) schedule(static)
       for (int64_t b = 0; b < B; ++b)
