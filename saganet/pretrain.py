@@ -323,9 +323,9 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
     t_bank = time.time()
     bank, records, skipped = build_tile_bank(sources, cfg, log=log)
     n = len(bank)
-    if n < 2 * max(2, min(cfg.batch_size, n) // 2):
-        raise ValueError(f"only {n} tissue tiles: too few to pretrain")
-    batch = min(cfg.batch_size, n - n % 2)
+    if n < 4:  # contrastive batches need a few tiles to tell apart
+        raise ValueError(f"only {n} tissue tiles: too few to pretrain (need at least 4)")
+    batch = min(cfg.batch_size, n)
     flat = bank.reshape(-1, 3).astype(np.float64) / 255.0
     mean, std = tuple(flat.mean(0).tolist()), tuple(flat.std(0).tolist())
     del flat
