@@ -40,7 +40,8 @@ def _add_train_args(p, study: bool = False):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="saganet", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, native parts, backends")
+    i = sub.add_parser("info", help="versions, native parts, backends")
+    i.add_argument("--bundle", default=None, help="also say which inference backends can run this bundle here")
 
     t = sub.add_parser("train", help="train a model on an image folder or manifest")
     t.add_argument("data", help="ImageFolder root (<root>/<class>/<image>), a folder with manifest.csv, or a manifest CSV")
@@ -89,6 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--snapshot-every", type=int, default=0, help="also write OUT-epochNNN.safetensors every N epochs")
+
+    x = sub.add_parser("export", help="write a model bundle (manifest, weights, ONNX, AOTInductor) from a training run")
+    x.add_argument("run", help="training run directory (saganet train --out)")
+    x.add_argument("--out", required=True, help="bundle directory to create")
+    x.add_argument("--mpp", type=float, required=True,
+                   help="microns per pixel of the images the run was trained on (before --scale); CRC-VAL-HE-7K: 0.5")
+    x.add_argument("--tile-size", type=int, default=224, help="tile edge in pixels the bundle classifies")
+    x.add_argument("--formats", nargs="+", default=["onnx", "aoti"], choices=["onnx", "aoti"])
+    x.add_argument("--card", default=None, help="model card (Markdown file) to include as card.md")
+
+    from .slide.pipeline import PredictConfig
+
+    d = PredictConfig()
+    r = sub.add_parser("predict", help="whole-slide prediction: slide call, tile table, heatmaps, QuPath GeoJSON")
+    r.add_argument("bundle", help="model bundle directory (saganet export)")
+    r.add_argument("slides", nargs="+", help="slides (anything OpenSlide reads) or plain PNG/JPEG/TIFF images")
+    r.add_argument("--out", required=True, help="output folder; one subfolder per slide and summary.json")
+    r.add_argument("--backend", default="auto", help="auto, tensorrt, native, aoti, onnxruntime or torch")
+    r.add_argument("--batch-size", type=int, default=d.batch_size)
+    r.add_argument("--mpp", type=float, default=None, help="level-0 microns per pixel, for slides that do not record it")
+    r.add_argument("--workers", type=int, default=d.workers, help="tile reading and preprocessing threads")
+    r.add_argument("--threads", type=int, default=0, help="inference threads (0 = the backend's default)")
+    r.add_argument("--min-tissue", type=float, default=d.min_tissue, help="tissue share of a tile on the thumbnail to predict it")
     return ap
 
 
@@ -99,6 +123,10 @@ def main(argv=None) -> int:
             from .info import info_text
 
             print(info_text())
+            if args.bundle:
+                from .info import backends_text
+
+                print(f"backends for {args.bundle}:\n{backends_text(args.bundle)}")
         elif args.command == "train":
             from .train import train_run
 
@@ -131,6 +159,27 @@ def main(argv=None) -> int:
             card = pretrain(args.sources, args.out, cfg, snapshot_every=args.snapshot_every)
             print(json.dumps({k: card[k] for k in ("method", "backbone", "tiles", "steps", "train_hours")} |
                              {"skipped": len(card["skipped"])}, indent=2))
+        elif args.command == "export":
+            from .bundle import export_bundle
+
+            card = open(args.card, encoding="utf-8").read() if args.card else None
+            m = export_bundle(args.run, args.out, args.mpp, args.tile_size, tuple(args.formats), card=card)
+            print(json.dumps({"bundle": args.out, "classes": m["class_names"], "tile_size": m["tile_size"], "mpp": m["mpp"],
+                              "files": sorted(m["files"])}, indent=2))
+        elif args.command == "predict":
+            from .engine import Engine
+            from .slide.pipeline import PredictConfig, predict_slides
+
+            cfg = PredictConfig(batch_size=args.batch_size, workers=args.workers, mpp=args.mpp, min_tissue=args.min_tissue,
+                                progress=sys.stderr.isatty())
+            engine = Engine(args.bundle, backend=args.backend, threads=args.threads or None)
+            print(f"model {engine.bundle.model_id}: {engine.choice}", file=sys.stderr)
+            summary = predict_slides(engine, args.slides, args.out, cfg, log=lambda m: print(m, file=sys.stderr))
+            print(f"summary: {args.out}/summary.json; per slide: report.json, tiles.csv, tiles.geojson, heatmap_<class>.png")
+            if summary["failed"]:
+                print(f"{len(summary['failed'])} of {len(args.slides)} slide(s) failed: {', '.join(summary['failed'])}",
+                      file=sys.stderr)
+                return 1
     except KeyboardInterrupt:
         print("interrupted; finished epochs/runs are saved and the command resumes where it stopped", file=sys.stderr)
         return 130

@@ -33,7 +33,22 @@ def info_text() -> str:
         lines.append(f"gate_mask_pool: fused native op ({', '.join(devices)} kernels registered with torch)")
     else:
         lines.append(f"gate_mask_pool: pure-PyTorch reference; native op {ops.LOAD_ERROR}")
-    for mod in ("openslide",):
+    for mod in ("openslide", "onnx", "onnxruntime"):
         lines.append(f"{mod} {_version(mod)}")
-    lines.append("inference backends: torch (eager) available; onnxruntime, aoti, native, tensorrt: not part of this version")
+    from .bundle import cpu_isa
+
+    isa = cpu_isa()
+    lines.append(f"CPU: {isa['machine']}, torch capability {isa['capability']}, {' '.join(isa['flags'])}")
+    lines.append("inference backends (availability depends on the bundle too: `saganet info --bundle B`): "
+                 "torch, onnxruntime, aoti, native, tensorrt")
     return "\n".join(lines)
+
+
+def backends_text(bundle_path) -> str:
+    from .engine import backend_status
+
+    from .bundle import load_bundle
+
+    b = load_bundle(bundle_path)
+    return "\n".join(f"  {name}: {'available' if why is None else 'unavailable: ' + why}"
+                     for name, why in backend_status(b).items())

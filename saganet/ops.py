@@ -8,6 +8,7 @@ the pure-PyTorch reference everywhere (for example to reproduce results recorded
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -52,9 +53,24 @@ if AVAILABLE:
     torch.library.register_autograd("saganet::gate_mask_pool", _backward, setup_context=_setup_context)
 
 
+_reference_only = False
+
+
+@contextlib.contextmanager
+def reference_only():
+    """Inside this block the model pools with the pure-PyTorch reference, e.g. to export a graph of
+    standard ops (ONNX) that runs where the native op does not exist."""
+    global _reference_only
+    before, _reference_only = _reference_only, True
+    try:
+        yield
+    finally:
+        _reference_only = before
+
+
 def supports(features: torch.Tensor) -> bool:
-    """Whether the native op has a kernel for this device and dtype."""
-    if not AVAILABLE:
+    """Whether the native op has a kernel for this device and dtype (and is not switched off)."""
+    if not AVAILABLE or _reference_only:
         return False
     if features.device.type == "cpu":
         return features.dtype in (torch.float32, torch.bfloat16)

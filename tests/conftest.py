@@ -1,1 +1,22 @@
-from shared_data import data_dir  # noqa: F401  (the fixture, shared with benchmarks/)
+import pytest
+from shared_data import DEMO_BUNDLE, data_dir  # noqa: F401  (the fixture, shared with benchmarks/)
+
+
+@pytest.fixture(scope="session")
+def demo_bundle():
+    """The demo bundle shipped in the repository (models/demo-crc7)."""
+    from saganet.bundle import load_bundle
+
+    return load_bundle(DEMO_BUNDLE)
+
+
+@pytest.fixture(scope="session")
+def fresh_bundle(tmp_path_factory, demo_bundle):
+    """The demo model exported here, now: its AOTInductor package fits this machine's CPU."""
+    from saganet.bundle import export_bundle, load_bundle
+    from saganet.train import TrainConfig, save_run
+
+    root = tmp_path_factory.mktemp("bundle")
+    save_run(root / "run", demo_bundle.model(), demo_bundle.class_names, demo_bundle.preprocessing, TrainConfig(), {})
+    export_bundle(root / "run", root / "bundle", mpp=demo_bundle.mpp, tile_size=demo_bundle.tile_size, log=lambda m: None)
+    return load_bundle(root / "bundle")

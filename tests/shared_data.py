@@ -28,3 +28,17 @@ def few_per_class(data_dir: Path, name: str, n: int):
     picked = [s for c in classes for s in [x for x in samples if x.label == c][:n]]
     raw, picked, _ = load_images(picked)
     return raw, np.array([classes.index(s.label) for s in picked]), classes
+
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_BUNDLE = REPO / "models" / "demo-crc7"
+
+
+def crc_tiles(data_dir: Path, n: int = 14):
+    """n real 224x224 CRC-VAL-HE-7K tiles, spread over the classes, as uint8 (n, 224, 224, 3)."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted((data_dir / "crc_val_he_7k_test70").glob("*/*.jpg"))
+    pick = [files[i] for i in np.linspace(0, len(files) - 1, n).astype(int)]
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in pick])

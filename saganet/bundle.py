@@ -1,0 +1,275 @@
+"""Model bundles: the contract between training and inference, one directory checked on load.
+
+    BUNDLE/manifest.json        format and version, class names, tile size and microns per pixel,
+                                preprocessing (normalisation, valid-area mask, stain), model config,
+                                sha256 of every other file, what the AOTInductor package needs
+    BUNDLE/weights.safetensors  the trained weights (torch and native backends rebuild from these)
+    BUNDLE/model.onnx           standard ONNX ops (pure-PyTorch pooling), dynamic batch
+    BUNDLE/model.pt2            AOTInductor package for this CPU, calling the fused gate_mask_pool op
+    BUNDLE/card.md              the model card (what it was trained on, licence, intended use)
+
+Every exported graph takes `image` (N,3,T,T) normalised float32 and `mask` (N,1,T,T) valid-area
+mask in {0,1}, and returns `probs` (N,K), `scores` (N,K; class-vector lengths for the length
+head) and `gate` (N,1,h,w). Preprocessing is not in the graphs: the engine does it, identically
+for every backend (saganet.engine).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .preprocess import Preprocessing
+
+FORMAT = "saganet-bundle"
+FORMAT_VERSION = 1
+MAX_BATCH = 1024  # upper bound of the exported graphs' dynamic batch dimension
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: missing, damaged, foreign or from a newer saganet."""
+
+
+class InferenceModel(nn.Module):
+    """The trained network with a flat signature for export: (image, mask) -> (probs, scores, gate)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor):
+        out = self.model(image, mask)
+        return out["probs"], out["scores"], out["gate"]
+
+
+def cpu_isa() -> dict:
+    """This CPU's vector instruction sets: AOTInductor compiles for the machine it runs on
+    (-march=native), so a package needs every flag it was built with."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "flags": sorted(f for f in _ISA_FLAGS if f in flags)}
+
+
+def isa_mismatch(required: dict) -> str | None:
+    """Why a package compiled for `required` cannot run here, or None when it can."""
+    here = cpu_isa()
+    if required.get("machine") != here["machine"]:
+        return f"compiled for {required.get('machine')}, this machine is {here['machine']}"
+    missing = sorted(set(required.get("flags", [])) - set(here["flags"]))
+    if missing:
+        return f"compiled for a CPU with {', '.join(missing)}, which this CPU lacks"
+    return None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _example_inputs(tile: int, batch: int = 2):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 3, tile, tile, generator=g), (torch.rand(batch, 1, tile, tile, generator=g) > 0.3).float()
+
+
+def _dynamic_batch():
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return {"image": {0: batch}, "mask": {0: batch}}
+
+
+def export_onnx(model: nn.Module, tile: int, path: Path) -> dict:
+    import onnx
+
+    from . import ops
+
+    wrapper = InferenceModel(model).eval()
+    with ops.reference_only(), torch.no_grad():
+        prog = torch.onnx.export(wrapper, _example_inputs(tile), dynamo=True, input_names=["image", "mask"],
+                                 output_names=["probs", "scores", "gate"], dynamic_shapes=_dynamic_batch(),
+                                 external_data=False, verbose=False)
+        prog.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    m = onnx.load(str(path))
+    domains = sorted({n.domain or "ai.onnx" for n in m.graph.node})
+    if domains != ["ai.onnx"]:
+        raise BundleError(f"{path}: the ONNX graph uses non-standard op domains {domains}")
+    return {"opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), "ops": sorted({n.op_type for n in m.graph.node})}
+
+
+def export_aoti(model: nn.Module, tile: int, path: Path, freezing: bool = True) -> dict:
+    from . import ops
+
+    wrapper = InferenceModel(model).eval()
+    with torch.no_grad():
+        ep = torch.export.export(wrapper, _example_inputs(tile), dynamic_shapes=_dynamic_batch())
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs={"freezing": freezing})
+    calls_op = any("saganet.gate_mask_pool" in str(n.target) for n in ep.graph.nodes if n.op == "call_function")
+    return {"isa": cpu_isa(), "torch": torch.__version__, "freezing": freezing,
+            "custom_ops": ["saganet::gate_mask_pool"] if calls_op else [], "native_op_loaded": ops.AVAILABLE}
+
+
+def export_bundle(run, out, mpp: float, tile_size: int | None = None, formats=("onnx", "aoti"), card: str | None = None,
+                  freezing: bool = True, log=print) -> dict:
+    """Write BUNDLE `out` from training RUN. `mpp`: microns per pixel of the images the run was
+    trained on (before its --scale); the bundle records the MPP the network actually sees."""
+    from .train import load_run
+
+    run, out = Path(run), Path(out)
+    for f in formats:
+        if f not in ("onnx", "aoti"):
+            raise ValueError(f"unknown export format {f!r}; use onnx and/or aoti")
+    if not (mpp > 0):
+        raise ValueError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
+    tile = int(tile_size or 224)
+    if not 16 <= tile <= 4096:
+        raise ValueError(f"--tile-size must be 16..4096 pixels, got {tile}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not an empty directory; choose a new bundle directory")
+    model, config, prep = load_run(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copyfile(run / "weights.safetensors", tmp / "weights.safetensors")
+        formats_info = {}
+        if "onnx" in formats:
+            t0 = time.perf_counter()
+            formats_info["onnx"] = export_onnx(model, tile, tmp / "model.onnx") | {"file": "model.onnx"}
+            log(f"model.onnx written and checked ({time.perf_counter() - t0:.1f} s)")
+        if "aoti" in formats:
+            t0 = time.perf_counter()
+            formats_info["aoti"] = export_aoti(model, tile, tmp / "model.pt2", freezing) | {"file": "model.pt2"}
+            log(f"model.pt2 compiled ({time.perf_counter() - t0:.1f} s)")
+        (tmp / "card.md").write_text(card or _default_card(run, config))
+        inference_prep = Preprocessing.from_dict(prep.to_dict() | {"scale": 1.0})  # the tile grid does the scaling
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "saganet_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source_run": str(run),
+            "class_names": list(config["class_names"]), "tile_size": tile, "mpp": float(mpp) / prep.scale,
+            "preprocessing": inference_prep.to_dict(), "model": config["model"],
+            "outputs": {"probs": "class probabilities", "scores": "class-vector lengths" if config["model"]["head"] == "length" else "logits",
+                        "gate": "spatial gate sigmoid(conv(F)) at feature resolution"},
+            "formats": formats_info,
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        for p in tmp.iterdir():
+            p.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _default_card(run: Path, config: dict) -> str:
+    return (f"# saganet model\n\nExported from the training run `{run}`.\nClasses: {', '.join(config['class_names'])}.\n"
+            f"Training settings: see manifest.json.\n")
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.manifest["tile_size"])
+
+    @property
+    def mpp(self) -> float:
+        return float(self.manifest["mpp"])
+
+    @property
+    def model_id(self) -> str:
+        """Short, content-derived id: the same weights give the same id wherever they are."""
+        return f"{self.path.name}@{self.manifest['files']['weights.safetensors'][:12]}"
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.manifest["preprocessing"])
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def has(self, fmt: str) -> bool:
+        return fmt in self.manifest.get("formats", {})
+
+    def model(self) -> nn.Module:
+        from safetensors.torch import load_file
+
+        from .model.saganet import ModelConfig, SagaNet
+
+        model = SagaNet(ModelConfig.from_dict(self.manifest["model"]))
+        model.load_state_dict(load_file(str(self.file("weights.safetensors"))))
+        return model.eval()
+
+
+_REQUIRED = {"format": str, "format_version": int, "class_names": list, "tile_size": int, "mpp": (int, float),
+             "preprocessing": dict, "model": dict, "formats": dict, "files": dict}
+
+
+def load_bundle(path, verify: bool = True) -> Bundle:
+    """Open BUNDLE `path`; with `verify`, every file's sha256 is checked against the manifest."""
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a directory; a bundle is the folder `saganet export` writes")
+    if not mpath.is_file():
+        raise BundleError(f"{path}: no manifest.json; not a saganet bundle")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{mpath}: format is {found!r}, expected {FORMAT!r}; not a saganet bundle")
+    for key, typ in _REQUIRED.items():
+        if not isinstance(manifest.get(key), typ):
+            raise BundleError(f"{mpath}: field {key!r} is missing or not a {typ if isinstance(typ, type) else typ[0]}")
+    if manifest["format_version"] > FORMAT_VERSION:
+        raise BundleError(f"{mpath}: format_version {manifest['format_version']} was written by a newer saganet; "
+                          f"this one ({__version__}) reads up to {FORMAT_VERSION}")
+    if manifest["format_version"] < 1:
+        raise BundleError(f"{mpath}: format_version {manifest['format_version']} is not valid")
+    if not manifest["mpp"] > 0 or manifest["tile_size"] < 1 or not manifest["class_names"]:
+        raise BundleError(f"{mpath}: mpp, tile_size and class_names must be positive / non-empty")
+    for name in ["weights.safetensors"] + [f["file"] for f in manifest["formats"].values()]:
+        if name not in manifest["files"]:
+            raise BundleError(f"{mpath}: {name} is not listed under 'files'")
+    for name, digest in manifest["files"].items():
+        f = path / name
+        if Path(name).name != name:
+            raise BundleError(f"{mpath}: file name {name!r} is not a plain name inside the bundle")
+        if not f.is_file():
+            raise BundleError(f"{f}: listed in the manifest but missing")
+        if verify and sha256_file(f) != digest:
+            raise BundleError(f"{f}: sha256 does not match the manifest; the file is damaged or was changed")
+    return Bundle(path, manifest)

@@ -1,0 +1,41 @@
+"""AOTInductor: the bundle's model.pt2, compiled ahead of time for this CPU, calling the fused op."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..bundle import MAX_BATCH, isa_mismatch
+
+
+def unavailable(bundle) -> str | None:
+    info = bundle.manifest.get("formats", {}).get("aoti")
+    if info is None:
+        return "the bundle has no model.pt2 (export it with --formats aoti)"
+    why = isa_mismatch(info.get("isa", {}))
+    if why:
+        return f"model.pt2 {why}; re-export the bundle on this machine"
+    built, here = info.get("torch", "?").split("+")[0], torch.__version__.split("+")[0]
+    if built != here:
+        return f"model.pt2 was compiled with torch {built}, this is torch {here}"
+    if "saganet::gate_mask_pool" in info.get("custom_ops", []):
+        from .. import ops
+
+        if not ops.AVAILABLE:
+            return f"model.pt2 calls saganet::gate_mask_pool, but the native op is {ops.LOAD_ERROR}"
+    return None
+
+
+class Backend:
+    def __init__(self, bundle, threads: int | None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = torch._inductor.aoti_load_package(str(bundle.file("model.pt2")))
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray):
+        # The compiled code does not check shapes (AOTI_RUNTIME_CHECK_INPUTS is off): the engine
+        # has checked the tile size; the batch must stay inside the exported range.
+        outs = []
+        for s in range(0, len(image), MAX_BATCH):
+            with torch.inference_mode():
+                outs.append(self.model(torch.from_numpy(image[s:s + MAX_BATCH]), torch.from_numpy(mask[s:s + MAX_BATCH])))
+        return tuple(np.concatenate([o[i].numpy() for o in outs]) for i in range(3))

@@ -1,0 +1,124 @@
+"""`Engine`: preprocessing shared by every backend, then one backend runs the bundle's network.
+
+A backend is one small module (torch_backend.py, onnxruntime_backend.py, ...) with
+`unavailable(bundle) -> str | None` (why it cannot run here, or None) and a `Backend(bundle,
+threads)` class whose instances map (image, mask) float32 arrays to (probs, scores, gate).
+"Not available here" is a state a backend reports, never an exception in the middle of a request.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..bundle import Bundle, load_bundle
+from ..tissue import valid_area_mask
+
+# Preference for "auto", fastest first, as measured by benchmarks/test_engine_speed.py on this
+# project's CPU machines (docs/performance.md); tensorrt only exists where there is a GPU.
+BACKENDS = ("tensorrt", "native", "aoti", "onnxruntime", "torch")
+_MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend", "aoti": "aoti_backend",
+            "native": "native_backend", "tensorrt": "tensorrt_backend"}
+
+
+class EngineError(ValueError):
+    """Input the engine refuses, or a backend that cannot be used; the message says which and why."""
+
+
+def _module(name: str):
+    return importlib.import_module(f".{_MODULES[name]}", __package__)
+
+
+def backend_status(bundle: Bundle) -> dict[str, str | None]:
+    """{backend: None if it can run this bundle here, else the reason it cannot}."""
+    status = {}
+    for name in BACKENDS:
+        try:
+            status[name] = _module(name).unavailable(bundle)
+        except Exception as e:  # a broken optional library is a reason, not a crash
+            status[name] = f"{type(e).__name__}: {e}"
+    return status
+
+
+@dataclass
+class Prediction:
+    probs: np.ndarray  # (N, K) class probabilities
+    lengths: np.ndarray | None  # (N, K) class-vector lengths (length head), else None
+    valid_fraction: np.ndarray  # (N,) share of each tile's pixels in the valid-area mask
+    gate: np.ndarray | None = None  # (N, h, w) gate maps, on request
+
+
+class Engine:
+    """Engine(bundle, backend="auto").classify(tiles uint8 (N,T,T,3)) -> Prediction."""
+
+    def __init__(self, bundle, backend: str = "auto", threads: int | None = None, verify: bool = True):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+        self.preprocessing = self.bundle.preprocessing
+        self.status = backend_status(self.bundle)
+        if backend == "auto":
+            usable = [b for b in BACKENDS if self.status[b] is None]
+            if not usable:
+                raise EngineError(f"{self.bundle.path}: no backend can run it here: {self.status}")
+            backend = usable[0]
+            skipped = [f"{b} ({self.status[b]})" for b in BACKENDS[:BACKENDS.index(backend)]]
+            self.choice = f"auto chose {backend}, the fastest available" + (f"; not available: {'; '.join(skipped)}" if skipped else "")
+        elif backend not in BACKENDS:
+            raise EngineError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
+        elif self.status[backend] is not None:
+            raise EngineError(f"backend {backend!r} cannot run {self.bundle.path} here: {self.status[backend]}")
+        else:
+            self.choice = f"{backend} (asked for)"
+        self.backend = backend
+        t0 = time.perf_counter()
+        self._run = _module(backend).Backend(self.bundle, threads)
+        self.load_seconds = time.perf_counter() - t0
+
+    @property
+    def tile_size(self) -> int:
+        return self.bundle.tile_size
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.bundle.class_names
+
+    def check_tiles(self, tiles) -> np.ndarray:
+        t = self.tile_size
+        tiles = np.asarray(tiles)
+        if tiles.ndim == 3:
+            tiles = tiles[None]
+        if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[1:] != (t, t, 3):
+            raise EngineError(f"tiles must be uint8 RGB of shape (N, {t}, {t}, 3) for this model "
+                              f"({self.bundle.mpp:g} um/px); got {tiles.dtype} {tiles.shape}")
+        if len(tiles) == 0:
+            raise EngineError("no tiles given")
+        return tiles
+
+    def preprocess(self, tiles) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (N,T,T,3) -> normalised image (N,3,T,T) and valid-area mask (N,1,T,T), float32."""
+        tiles = self.check_tiles(tiles)
+        return preprocess_tiles(tiles, self.preprocessing)
+
+    def run(self, image: np.ndarray, mask: np.ndarray, return_gate: bool = False) -> Prediction:
+        """The network on preprocessed arrays (as from `preprocess`)."""
+        probs, scores, gate = self._run(np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.float32))
+        lengths = scores if self.bundle.manifest["model"]["head"] == "length" else None
+        return Prediction(probs, lengths, mask.reshape(len(mask), -1).mean(axis=1), gate[:, 0] if return_gate else None)
+
+    def classify(self, tiles, return_gate: bool = False) -> Prediction:
+        image, mask = self.preprocess(tiles)
+        return self.run(image, mask, return_gate)
+
+
+def preprocess_tiles(tiles: np.ndarray, prep) -> tuple[np.ndarray, np.ndarray]:
+    n, t = tiles.shape[0], tiles.shape[1]
+    image = np.empty((n, 3, t, t), np.float32)
+    mask = np.empty((n, 1, t, t), np.float32)
+    mean = np.asarray(prep.mean, np.float32).reshape(3, 1, 1)
+    inv_std = (1.0 / np.asarray(prep.std, np.float32)).reshape(3, 1, 1)
+    for i, tile in enumerate(tiles):
+        rgb = prep.image(tile)  # stain normalisation when the bundle has it (scale is 1 in bundles)
+        mask[i, 0] = valid_area_mask(rgb, prep.mask)
+        image[i] = (rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0) - mean) * inv_std
+    return image, mask

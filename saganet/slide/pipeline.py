@@ -1,0 +1,184 @@
+"""Whole-slide prediction: tissue on a thumbnail -> tile grid at the model's MPP -> tiles read and
+preprocessed in worker threads, overlapped with batched inference -> streamed writers.
+
+Memory stays bounded: at most `workers + 1` batches are in flight, and only the per-tile
+probabilities (N x K floats) are kept for the heatmaps and the slide call.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .reader import SlideError, open_reader, thumbnail_tissue
+from .tiler import tile_grid
+from .writers import GeoJSONWriter, TileTable, write_heatmaps, write_json
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    batch_size: int = 32
+    workers: int = 2  # threads that read and preprocess tiles while the engine runs
+    min_tissue: float = 0.25  # share of a tile that must be tissue on the thumbnail to be predicted
+    min_valid: float = 0.05  # share of valid-area pixels a tile needs to count in the slide call
+    mpp: float | None = None  # level-0 microns per pixel; required when the slide does not say
+    thumbnail_side: int = 1024
+    progress: bool = True
+
+    def check(self) -> None:
+        if not 1 <= self.batch_size <= 1024:
+            raise ValueError(f"--batch-size must be 1..1024, got {self.batch_size}")
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"--workers must be 1..64, got {self.workers}")
+        if self.mpp is not None and not self.mpp > 0:
+            raise ValueError(f"--mpp must be a positive number of microns per pixel, got {self.mpp}")
+
+
+def slide_call(probs: np.ndarray, valid: np.ndarray, class_names, min_valid: float) -> dict:
+    """Slide-level probabilities: the mean of tile probabilities weighted by each tile's valid
+    fraction, over tiles with at least `min_valid` valid area."""
+    used = valid >= min_valid
+    if not used.any():
+        return {"class": None, "probs": None, "tiles_used": 0,
+                "reason": f"no tile has a valid-area fraction of at least {min_valid}"}
+    p = (probs[used] * valid[used, None]).sum(0) / valid[used].sum()
+    return {"class": class_names[int(np.argmax(p))], "probs": {c: float(v) for c, v in zip(class_names, p)},
+            "tiles_used": int(used.sum())}
+
+
+def predict_slide(engine, path, out_dir, cfg: PredictConfig = PredictConfig()) -> dict:
+    """Predict one slide into `out_dir`; returns the report (also written as report.json, last)."""
+    cfg.check()
+    path, out_dir = Path(path), Path(out_dir)
+    t0 = time.perf_counter()
+    with open_reader(path) as reader:
+        if cfg.mpp is not None:
+            mpp, mpp_source = cfg.mpp, "--mpp"
+        elif reader.mpp is not None:
+            mpp, mpp_source = reader.mpp, "slide"
+        else:
+            raise SlideError(f"{path}: the file has no microns-per-pixel value; pass it explicitly (--mpp)")
+        thumb = reader.thumbnail(cfg.thumbnail_side)
+        grid = tile_grid(reader.dimensions, mpp, engine.bundle.mpp, engine.tile_size, thumbnail_tissue(thumb),
+                         cfg.min_tissue)
+        if grid.read_size < 1:
+            raise SlideError(f"{path}: at {mpp} um/px a model tile is under one pixel; check --mpp")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(thumb).save(out_dir / "thumbnail.png")
+        n, k = len(grid.cells), len(engine.class_names)
+        probs, valid = np.zeros((n, k), np.float32), np.zeros(n, np.float32)
+        table = TileTable(out_dir / "tiles.csv", engine.class_names)
+        geojson = GeoJSONWriter(out_dir / "tiles.geojson", engine.class_names)
+        complete = False
+        wait_seconds = 0.0
+        t_loop = time.perf_counter()
+        try:
+            def load(start: int):
+                idx = range(start, min(start + cfg.batch_size, n))
+                tiles = np.stack([reader.read(*grid.origin(i), grid.read_size, grid.tile) for i in idx])
+                return idx, engine.preprocess(tiles)
+
+            bar = _progress(n, path.name, cfg.progress)
+            with ThreadPoolExecutor(cfg.workers, thread_name_prefix="saganet-tiles") as pool:
+                starts = iter(range(0, n, cfg.batch_size))
+                pending = deque(pool.submit(load, s) for _, s in zip(range(cfg.workers + 1), starts))
+                while pending:
+                    w = time.perf_counter()
+                    idx, (image, mask) = pending.popleft().result()
+                    wait_seconds += time.perf_counter() - w
+                    for s in starts:  # keep the workers busy before the engine takes the cores
+                        pending.append(pool.submit(load, s))
+                        break
+                    pred = engine.run(image, mask)
+                    for j, i in enumerate(idx):
+                        x, y = grid.origin(i)
+                        probs[i], valid[i] = pred.probs[j], pred.valid_fraction[j]
+                        table.write(x, y, grid.read_size, valid[i], probs[i])
+                        geojson.write(x, y, grid.read_size, valid[i], probs[i])
+                    bar.update(len(idx))
+            bar.close()
+            complete = True
+            loop_seconds = time.perf_counter() - t_loop
+        finally:
+            table.close(complete)
+            geojson.close(complete)
+        heatmaps = write_heatmaps(out_dir, thumb, reader.dimensions, grid, probs, engine.class_names)
+        seconds = time.perf_counter() - t0
+        report = {
+            "slide": str(path), "reader": reader.kind, "dimensions": list(reader.dimensions),
+            "mpp": mpp, "mpp_source": mpp_source,
+            "model": engine.bundle.model_id, "backend": engine.backend, "model_mpp": engine.bundle.mpp,
+            "tile_size": grid.tile, "tile_size_level0": grid.read_size, "grid": [grid.cols, grid.rows],
+            "tiles": n, "call": slide_call(probs, valid, engine.class_names, cfg.min_valid),
+            "seconds": round(seconds, 3), "tile_seconds": round(loop_seconds, 3),
+            "tiles_per_second": round(n / loop_seconds, 2) if loop_seconds > 0 else None,
+            "seconds_engine_waited_for_tiles": round(wait_seconds, 3),
+            "settings": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+            "outputs": {"tiles": "tiles.csv", "geojson": "tiles.geojson", "heatmaps": heatmaps, "thumbnail": "thumbnail.png"},
+        }
+        write_json(out_dir / "report.json", report)  # last: its presence means the slide is complete
+        return report
+
+
+def _progress(total: int, name: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=name, unit="tile", disable=not enabled, leave=False)
+
+
+def _out_names(paths: list[Path]) -> list[str]:
+    """One output folder name per slide: its stem, numbered when two slides share a stem."""
+    names, seen = [], {}
+    for p in paths:
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in p.stem) or "slide"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def _finished(out_dir: Path, engine, cfg: PredictConfig) -> dict | None:
+    """The report of an earlier complete run with the same model and settings, else None."""
+    try:
+        report = json.loads((out_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    if report.get("model") == engine.bundle.model_id and report.get("settings") == settings:
+        return report
+    return None
+
+
+def predict_slides(engine, paths, out, cfg: PredictConfig = PredictConfig(), log=print) -> dict:
+    """Predict every slide into out/<name>/; a slide that fails is reported and the rest go on.
+    Slides already complete for the same model and settings are not redone."""
+    cfg.check()
+    paths, out = [Path(p) for p in paths], Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for p, name in zip(paths, _out_names(paths)):
+        d = out / name
+        report = _finished(d, engine, cfg)
+        if report is not None:
+            log(f"{p}: already done in {d}")
+            results.append({"slide": str(p), "status": "done", "out": str(d), "call": report["call"], "reused": True})
+            continue
+        try:
+            report = predict_slide(engine, p, d, cfg)
+        except (SlideError, OSError, ValueError) as e:
+            log(f"{p}: FAILED: {e}")
+            results.append({"slide": str(p), "status": "failed", "error": str(e)})
+            continue
+        call = report["call"]
+        log(f"{p}: {call['class'] or 'no call'} from {call['tiles_used']} of {report['tiles']} tiles "
+            f"({report['tiles_per_second']} tiles/s) -> {d}")
+        results.append({"slide": str(p), "status": "done", "out": str(d), "call": call})
+    summary = {"model": engine.bundle.model_id, "backend": engine.backend, "backend_choice": engine.choice,
+               "slides": results, "failed": [r["slide"] for r in results if r["status"] == "failed"]}
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,128 @@
+"""Engine: every available backend agrees with torch eager on real tiles; clear refusals."""
+import dataclasses
+
+import numpy as np
+import pytest
+from shared_data import crc_tiles
+
+from saganet.bundle import Bundle
+from saganet.engine import BACKENDS, Engine, EngineError, backend_status
+
+CI = __import__("os").environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="module")
+def tiles(data_dir):
+    return crc_tiles(data_dir, 14)
+
+
+@pytest.fixture(scope="module")
+def eager(fresh_bundle, tiles):
+    return Engine(fresh_bundle, backend="torch").classify(tiles, return_gate=True)
+
+
+def test_backends_report_their_state(fresh_bundle):
+    status = backend_status(fresh_bundle)
+    assert list(status) == list(BACKENDS)
+    for name in ("torch", "onnxruntime", "aoti"):
+        assert status[name] is None, f"{name}: {status[name]}"
+    assert "TensorRT" in status["tensorrt"] or "CUDA" in status["tensorrt"]
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_backend_agrees_with_eager(fresh_bundle, tiles, eager, backend):
+    why = backend_status(fresh_bundle)[backend]
+    if why is not None:
+        if backend in ("aoti", "onnxruntime") or (backend == "native" and CI):
+            pytest.fail(f"{backend} must be available here: {why}")
+        pytest.skip(f"{backend}: {why}")
+    pred = Engine(fresh_bundle, backend=backend).classify(tiles, return_gate=True)
+    np.testing.assert_allclose(pred.probs, eager.probs, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(pred.lengths, eager.lengths, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(pred.gate, eager.gate, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(pred.valid_fraction, eager.valid_fraction)
+
+
+def test_prediction_shapes_and_sense(fresh_bundle, tiles, eager):
+    n, k = len(tiles), len(fresh_bundle.class_names)
+    assert eager.probs.shape == (n, k) and eager.lengths.shape == (n, k)
+    np.testing.assert_allclose(eager.probs.sum(1), 1.0, atol=1e-5)
+    assert ((eager.lengths >= 0) & (eager.lengths < 1)).all()  # squashed vector lengths
+    assert eager.gate.shape[0] == n and ((eager.gate > 0) & (eager.gate < 1)).all()
+    assert ((eager.valid_fraction >= 0) & (eager.valid_fraction <= 1)).all()
+    # The demo model saw these very images in training: it should get most of them right.
+    truth = np.repeat(np.arange(7), 2)
+    assert (eager.probs.argmax(1) == truth).mean() >= 0.7
+
+
+def test_batches_of_one_and_many_agree(fresh_bundle, tiles):
+    e = Engine(fresh_bundle, backend="aoti")
+    whole = e.classify(tiles).probs
+    single = np.concatenate([e.classify(t).probs for t in tiles])
+    np.testing.assert_allclose(single, whole, atol=1e-5)
+
+
+def test_auto_picks_the_fastest_available_and_says_so(fresh_bundle):
+    e = Engine(fresh_bundle)
+    usable = [b for b in BACKENDS if backend_status(fresh_bundle)[b] is None]
+    assert e.backend == usable[0]
+    assert e.choice.startswith(f"auto chose {e.backend}")
+
+
+def test_aoti_package_for_another_cpu_falls_back(fresh_bundle):
+    manifest = {**fresh_bundle.manifest}
+    manifest["formats"] = {**manifest["formats"], "aoti": {**manifest["formats"]["aoti"],
+                                                          "isa": {"machine": "x86_64", "flags": ["amx_tile", "avx512_fp99"]}}}
+    foreign = dataclasses.replace(fresh_bundle, manifest=manifest)
+    assert isinstance(foreign, Bundle)
+    status = backend_status(foreign)
+    assert "which this CPU lacks" in status["aoti"]
+    e = Engine(foreign)
+    assert e.backend not in ("aoti", "native") and "aoti (model.pt2 compiled for a CPU with" in e.choice
+    with pytest.raises(EngineError, match="backend 'aoti' cannot run"):
+        Engine(foreign, backend="aoti")
+
+
+def test_aoti_runs_the_fused_op(fresh_bundle, tiles):
+    """The compiled package dispatches saganet::gate_mask_pool (the fused kernel), not the
+    reference's sigmoid/mul/sum chain."""
+    from torch.profiler import ProfilerActivity, profile
+
+    e = Engine(fresh_bundle, backend="aoti")
+    image, mask = e.preprocess(tiles[:2])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        e.run(image, mask)
+    names = {ev.name for ev in prof.events()}
+    assert "saganet::gate_mask_pool" in names
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 112, 112, 3), np.uint8), r"\(N, 224, 224, 3\).*got uint8 \(2, 112, 112, 3\)"),
+    (np.zeros((2, 224, 224, 3), np.float32), "got float32"),
+    (np.zeros((2, 224, 224, 4), np.uint8), r"got uint8 \(2, 224, 224, 4\)"),
+    (np.zeros((0, 224, 224, 3), np.uint8), "no tiles"),
+    (np.zeros((224, 224), np.uint8), "got uint8 \\(1, 224, 224\\)|got uint8 \\(224, 224\\)"),
+])
+def test_wrong_tiles_are_refused(fresh_bundle, bad, message):
+    e = Engine(fresh_bundle, backend="torch")
+    with pytest.raises(EngineError, match=message):
+        e.classify(bad)
+
+
+def test_unknown_or_unavailable_backend(fresh_bundle):
+    with pytest.raises(EngineError, match="unknown backend 'tpu'"):
+        Engine(fresh_bundle, backend="tpu")
+    with pytest.raises(EngineError, match="backend 'tensorrt' cannot run"):
+        Engine(fresh_bundle, backend="tensorrt")
+
+
+def test_preprocessing_is_the_training_preprocessing(fresh_bundle, tiles):
+    """The engine's mask and normalisation equal what training used (saganet.preprocess)."""
+    from saganet.tissue import valid_area_mask
+
+    e = Engine(fresh_bundle, backend="torch")
+    image, mask = e.preprocess(tiles[:3])
+    prep = fresh_bundle.preprocessing
+    for i in range(3):
+        np.testing.assert_array_equal(mask[i, 0], valid_area_mask(tiles[i], prep.mask).astype(np.float32))
+        np.testing.assert_allclose(image[i], prep.to_tensor(tiles[i])[0].numpy(), atol=1e-6)
