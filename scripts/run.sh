@@ -12,7 +12,7 @@ d = sys.argv[1]
 r = json.load(open(f"{d}/report.json"))
 c = r["call"]
 print(f"\nslide call ({r['model']}, DEMONSTRATION ONLY, not for diagnosis): {c['class']} "
-      f"from {c['tiles_used']} of {r['tiles']} tiles, {r["tiles_per_second"]} tiles/s with {r["backend"]}, {r["seconds"]} s in all")
+      f"from {c['tiles_used']} of {r['tiles']} tiles, {r['tiles_per_second']} tiles/s with {r['backend']}, {r['seconds']} s in all")
 print(f"  report:    {d}/report.json")
 print(f"  tiles:     {d}/tiles.csv")
 print(f"  heatmaps:  {d}/heatmap_<class>.png  ({', '.join(r['outputs']['heatmaps'])})")
