@@ -2,7 +2,8 @@
 (the one build description, shared with C++ users): setup.py only drives it.
 
 `pip install --no-build-isolation -e .` configures build/native/ with the environment's torch and
-pybind11 and puts saganet/_C*.so, libsaganet.so and libsaganet_torch.so into the package.
+pybind11 and puts saganet/_C*.so, libsaganet.so, libsaganet_torch.so and libsaganet_engine.so (when
+the engine is built) into the package.
 Environment: SAGANET_CUDA=AUTO|ON|OFF (CUDA kernels; AUTO builds them when nvcc is found, CUDA_HOME
 is honoured), SAGANET_BUILD_DIR (default build/native), CMAKE_CUDA_ARCHITECTURES (default 80;90).
 """
@@ -51,7 +52,8 @@ class CMakeBuild(build_ext):
         subprocess.run([cmake, "--build", str(build), "--parallel", str(os.cpu_count() or 2)], check=True, env=env)
         # The build tree stays self-contained (ctest, cmake --install use it); the package gets copies.
         out.mkdir(parents=True, exist_ok=True)
-        for f in [*build.glob("_C.*.so"), *build.glob("libsaganet.so*"), *build.glob("libsaganet_torch.so")]:
+        for f in [*build.glob("_C.*.so"), *build.glob("libsaganet.so*"), *build.glob("libsaganet_torch.so"),
+                  *build.glob("libsaganet_engine.so*")]:
             _copy(f, out / f.name)
 
     def copy_extensions_to_source(self):

@@ -55,6 +55,9 @@ const char* saganet_build_info(void) {
 
 const char* saganet_last_error(void) { return last_error.c_str(); }
 
+// For the other saganet libraries (libsaganet_engine), so that one saganet_last_error() serves all.
+SAGANET_API void saganet_internal_set_last_error(const char* message) { last_error = message ? message : ""; }
+
 saganet_status saganet_gate_mask_pool(const float* features, saganet_layout layout, const float* gate_logits,
                                       const float* mask, int64_t batch, int64_t channels, int64_t height, int64_t width,
                                       float eps, float* z, float* weights) {

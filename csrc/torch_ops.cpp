@@ -4,7 +4,14 @@
 
 #include <torch/library.h>
 
+#include <atomic>
+
 namespace saganet {
+namespace {
+// Calls of the CPU forward kernel: lets the engine's tests prove that a compiled model runs the
+// fused op (and not a decomposition of it).
+std::atomic<uint64_t> cpu_forward_calls{0};
+}  // namespace
 
 View4 view_of(const at::Tensor& t) {
   return View4{t.size(0), t.size(1), t.size(2), t.size(3), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
@@ -83,6 +90,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features, const
   auto z = at::empty({a.f.n, a.f.c}, features.options().dtype(acc));
   auto w = at::empty({a.f.n, 1, a.f.h, a.f.w}, features.options().dtype(acc));
   gate_mask_pool_forward_cpu(a, z.data_ptr(), w.data_ptr());
+  cpu_forward_calls.fetch_add(1, std::memory_order_relaxed);
   return {features.scalar_type() == acc ? z : z.to(features.scalar_type()), w};
 }
 
@@ -121,6 +129,10 @@ std::tuple<at::Tensor, at::Tensor> backward_meta(const at::Tensor& grad_z, const
 
 }  // namespace
 }  // namespace saganet
+
+extern "C" __attribute__((visibility("default"))) uint64_t saganet_torch_cpu_forward_calls(void) {
+  return saganet::cpu_forward_calls.load(std::memory_order_relaxed);
+}
 
 TORCH_LIBRARY(saganet, m) {
   m.def("gate_mask_pool(Tensor features, Tensor gate_logits, Tensor mask, float eps=1e-06) -> (Tensor, Tensor)");

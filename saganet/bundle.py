@@ -125,32 +125,44 @@ def export_aoti(model: nn.Module, tile: int, path: Path, freezing: bool = True) 
         ep = torch.export.export(wrapper, _example_inputs(tile), dynamic_shapes=_dynamic_batch())
         torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs={"freezing": freezing})
     calls_op = any("saganet.gate_mask_pool" in str(n.target) for n in ep.graph.nodes if n.op == "call_function")
-    return {"isa": cpu_isa(), "torch": torch.__version__, "freezing": freezing,
+    return {"isa": cpu_isa(), "torch": torch.__version__, "freezing": freezing, "max_batch": MAX_BATCH,
             "custom_ops": ["saganet::gate_mask_pool"] if calls_op else [], "native_op_loaded": ops.AVAILABLE}
 
 
-def export_bundle(run, out, mpp: float, tile_size: int | None = None, formats=("onnx", "aoti"), card: str | None = None,
-                  freezing: bool = True, log=print) -> dict:
-    """Write BUNDLE `out` from training RUN. `mpp`: microns per pixel of the images the run was
-    trained on (before its --scale); the bundle records the MPP the network actually sees."""
+def export_bundle(source, out, mpp: float | None = None, tile_size: int | None = None, formats=("onnx", "aoti"),
+                  card: str | None = None, freezing: bool = True, log=print) -> dict:
+    """Write BUNDLE `out` from `source`: a training run, or a bundle (re-exported, e.g. to compile
+    its AOTInductor package for this machine). `mpp`: microns per pixel of the images the run was
+    trained on (before its --scale); the bundle records the MPP the network actually sees. For a
+    bundle source, its own MPP, tile size and card are kept unless given."""
     from .train import load_run
 
-    run, out = Path(run), Path(out)
+    source, out = Path(source), Path(out)
     for f in formats:
         if f not in ("onnx", "aoti"):
             raise ValueError(f"unknown export format {f!r}; use onnx and/or aoti")
-    if not (mpp > 0):
+    from_bundle = (source / "manifest.json").is_file()
+    if from_bundle:
+        b = load_bundle(source)
+        mpp = b.mpp if mpp is None else mpp
+        tile_size = tile_size or b.tile_size
+        card = card if card is not None else b.file("card.md").read_text() if "card.md" in b.manifest["files"] else None
+    if mpp is None or not (mpp > 0):
         raise ValueError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
     tile = int(tile_size or 224)
     if not 16 <= tile <= 4096:
         raise ValueError(f"--tile-size must be 16..4096 pixels, got {tile}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty directory; choose a new bundle directory")
-    model, config, prep = load_run(run)
+    if from_bundle:
+        model, prep = b.model(), b.preprocessing
+        config = {"class_names": b.class_names, "model": b.manifest["model"]}
+    else:
+        model, config, prep = load_run(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        shutil.copyfile(run / "weights.safetensors", tmp / "weights.safetensors")
+        shutil.copyfile(source / "weights.safetensors", tmp / "weights.safetensors")
         formats_info = {}
         if "onnx" in formats:
             t0 = time.perf_counter()
@@ -160,11 +172,11 @@ def export_bundle(run, out, mpp: float, tile_size: int | None = None, formats=("
             t0 = time.perf_counter()
             formats_info["aoti"] = export_aoti(model, tile, tmp / "model.pt2", freezing) | {"file": "model.pt2"}
             log(f"model.pt2 compiled ({time.perf_counter() - t0:.1f} s)")
-        (tmp / "card.md").write_text(card or _default_card(run, config))
+        (tmp / "card.md").write_text(card or _default_card(source, config))
         inference_prep = Preprocessing.from_dict(prep.to_dict() | {"scale": 1.0})  # the tile grid does the scaling
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "saganet_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source_run": str(run),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": str(source),
             "class_names": list(config["class_names"]), "tile_size": tile, "mpp": float(mpp) / prep.scale,
             "preprocessing": inference_prep.to_dict(), "model": config["model"],
             "outputs": {"probs": "class probabilities", "scores": "class-vector lengths" if config["model"]["head"] == "length" else "logits",

@@ -92,11 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-every", type=int, default=0, help="also write OUT-epochNNN.safetensors every N epochs")
 
     x = sub.add_parser("export", help="write a model bundle (manifest, weights, ONNX, AOTInductor) from a training run")
-    x.add_argument("run", help="training run directory (saganet train --out)")
+    x.add_argument("run", help="training run directory (saganet train --out), or a bundle to re-export on this machine")
     x.add_argument("--out", required=True, help="bundle directory to create")
-    x.add_argument("--mpp", type=float, required=True,
-                   help="microns per pixel of the images the run was trained on (before --scale); CRC-VAL-HE-7K: 0.5")
-    x.add_argument("--tile-size", type=int, default=224, help="tile edge in pixels the bundle classifies")
+    x.add_argument("--mpp", type=float, default=None,
+                   help="microns per pixel of the images the run was trained on (before --scale); CRC-VAL-HE-7K: 0.5. "
+                        "Required for a run; a bundle keeps its own")
+    x.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels the bundle classifies (default 224)")
     x.add_argument("--formats", nargs="+", default=["onnx", "aoti"], choices=["onnx", "aoti"])
     x.add_argument("--card", default=None, help="model card (Markdown file) to include as card.md")
 

@@ -39,6 +39,9 @@ class MaskConfig:
         return cls(**(d or {}))
 
 
+_OD_TABLE = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
+
+
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -54,14 +57,15 @@ def mask_components(rgb: np.ndarray, config: MaskConfig = MaskConfig()) -> dict[
     """The three criteria as separate boolean maps (for inspection and tests), plus `valid`."""
     rgb = _check_rgb(rgb)
     rgbf = rgb.astype(np.float32) / 255.0
-    # Optical density per channel; +1/256 keeps log finite on saturated-black pixels.
-    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-    tissue = od.sum(axis=2) > config.tissue_od
+    # Optical density per channel; +1/256 keeps log finite on saturated-black pixels. A table of
+    # correctly rounded values, so that the C++ preprocessing (csrc/preprocess.cpp) gets the same bits.
+    od = _OD_TABLE[rgb]
+    tissue = (od[..., 0] + od[..., 1]) + od[..., 2] > np.float32(config.tissue_od)
 
     grey = rgbf @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     gy, gx = np.gradient(grey)
     energy = ndimage.uniform_filter(gx * gx + gy * gy, size=config.focus_window, mode="reflect")
-    focus = energy > config.focus_min
+    focus = energy > np.float32(config.focus_min)
 
     haem = rgb2hed(rgb)[..., 0]
     if config.nuclei_threshold == "otsu":
@@ -70,7 +74,7 @@ def mask_components(rgb: np.ndarray, config: MaskConfig = MaskConfig()) -> dict[
         thr = float(config.nuclei_threshold)
     nuclei = haem > thr
     density = ndimage.uniform_filter(nuclei.astype(np.float32), size=config.cell_window, mode="reflect")
-    cellular = density > config.cell_density_min
+    cellular = density > np.float32(config.cell_density_min)
 
     valid = tissue & focus & cellular
     if config.min_region > 0:

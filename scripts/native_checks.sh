@@ -2,7 +2,9 @@
 # Native checks beyond pytest, on the build that `pip install -e .` made (build/native):
 #  1. ctest: C++ kernel and C API tests (the CUDA test compiles here and reports "skipped" without a GPU);
 #  2. the same C++ tests built with AddressSanitizer + UndefinedBehaviorSanitizer (build/asan);
-#  3. install the C++ library, then build and run examples/scanner against it via find_package(saganet).
+#  3. install the C++ library, then build examples/scanner against it via find_package(saganet) and
+#     run pool_check, and the scanner on a real slide with the demo bundle (re-exported first when
+#     its AOTInductor package was compiled for another CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${SAGANET_BUILD_DIR:-build/native}
@@ -16,12 +18,25 @@ echo "== ctest ($BUILD)"
 echo "== ctest under ASan + UBSan (build/asan)"
 [ -f build/asan/CMakeCache.txt ] || "$CMAKE" -S . -B build/asan "${GEN[@]}" -DCMAKE_BUILD_TYPE=Debug -DSAGANET_SANITIZE=ON \
     -DSAGANET_CUDA=OFF > /dev/null
-"$CMAKE" --build build/asan --target test_kernels > /dev/null
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "$CTEST" --test-dir build/asan --output-on-failure
+"$CMAKE" --build build/asan --target test_kernels test_preprocess > /dev/null
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "$CTEST" --test-dir build/asan --output-on-failure \
+    -R 'test_kernels$|test_preprocess'
 
 echo "== examples/scanner against the installed library"
 "$CMAKE" --install "$BUILD" --prefix build/install > /dev/null
 [ -f build/scanner/CMakeCache.txt ] || "$CMAKE" -S examples/scanner -B build/scanner "${GEN[@]}" \
     -DCMAKE_PREFIX_PATH="$PWD/build/install" > /dev/null
 "$CMAKE" --build build/scanner > /dev/null
-LD_LIBRARY_PATH="$PWD/build/install/lib" ./build/scanner/scanner
+LD_LIBRARY_PATH="$PWD/build/install/lib" ./build/scanner/pool_check
+DATA=${SAGANET_DATA:-../shared/data}
+SLIDE="$DATA/wsi/cmu_small_region.svs"
+if [ ! -f "$SLIDE" ]; then
+  if [ "${CI:-}" = true ]; then echo "missing $SLIDE (the real data folder)"; exit 1; fi
+  echo "skipping the scanner on a slide: $SLIDE is missing"; exit 0
+fi
+BUNDLE=models/demo-crc7
+if ! .venv/bin/saganet info --bundle "$BUNDLE" 2>/dev/null | grep -q "  aoti: available"; then
+  BUNDLE=build/demo-crc7-here
+  [ -f "$BUNDLE/manifest.json" ] || .venv/bin/saganet export models/demo-crc7 --out "$BUNDLE" --formats aoti > /dev/null
+fi
+./build/scanner/scanner "$BUNDLE" "$SLIDE" --batch 16

@@ -3,6 +3,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# C++ libraries of the native engine and the scanner example (Debian/Ubuntu packages): JSON for the
+# bundle manifest, OpenSSL for its checksums, OpenSlide's C library for the scanner.
+NEED=()
+[ -f /usr/include/nlohmann/json.hpp ] || NEED+=(nlohmann-json3-dev)
+[ -f /usr/include/openssl/evp.h ] || NEED+=(libssl-dev)
+[ -f /usr/include/openslide/openslide.h ] || NEED+=(libopenslide-dev)
+command -v pkg-config > /dev/null || NEED+=(pkg-config)
+if [ ${#NEED[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${NEED[@]}" > /dev/null
+  else
+    echo "setup: install ${NEED[*]} (Debian/Ubuntu names) for the native engine and the scanner;" \
+         "without them saganet builds without the native engine" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -98,7 +98,8 @@ class Engine:
     def preprocess(self, tiles) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N,T,T,3) -> normalised image (N,3,T,T) and valid-area mask (N,1,T,T), float32."""
         tiles = self.check_tiles(tiles)
-        return preprocess_tiles(tiles, self.preprocessing)
+        own = getattr(self._run, "preprocess", None)  # the native engine preprocesses in C++ (same bits)
+        return own(tiles) if own else preprocess_tiles(tiles, self.preprocessing)
 
     def run(self, image: np.ndarray, mask: np.ndarray, return_gate: bool = False) -> Prediction:
         """The network on preprocessed arrays (as from `preprocess`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .aoti_backend import unavailable as _aoti_unavailable
+from .base import EngineError
 
 
 def unavailable(bundle) -> str | None:
@@ -13,7 +14,13 @@ def unavailable(bundle) -> str | None:
     except ImportError as e:
         return f"saganet._C is not built ({e})"
     if not hasattr(_C, "Engine"):
-        return "saganet._C was built without the engine (it needs libtorch: SAGANET_TORCH=ON)"
+        return ("saganet._C was built without the engine (it needs libtorch, nlohmann_json and OpenSSL; "
+                "see the CMake output of pip install -e .)")
+    prep = bundle.manifest["preprocessing"]
+    if prep.get("stain_target") is not None:
+        return "the bundle uses stain normalisation, which the native engine does not implement"
+    if not isinstance(prep["mask"].get("nuclei_threshold"), (int, float)):
+        return "the bundle's mask uses an Otsu nuclei threshold, which the native engine does not implement"
     return _aoti_unavailable(bundle)
 
 
@@ -21,7 +28,13 @@ class Backend:
     def __init__(self, bundle, threads: int | None):
         from .. import _C
 
-        self.engine = _C.Engine(str(bundle.path), threads or 0)
+        try:
+            self.engine = _C.Engine(str(bundle.path), threads or 0)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+
+    def preprocess(self, tiles: np.ndarray):
+        return self.engine.preprocess(np.ascontiguousarray(tiles))
 
     def __call__(self, image: np.ndarray, mask: np.ndarray):
         return self.engine.run(image, mask)

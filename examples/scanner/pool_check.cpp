@@ -1,7 +1,7 @@
-// Scanner example over the installed saganet library (find_package(saganet)): prints the build,
+// A check of the installed kernels library (find_package(saganet)): prints the build,
 // pools a feature map whose answer is known through the C++ API, and shows how errors come back,
 // through the C API (status + message) and the C++ API (saganet::Error). Exit 0 when all is right.
-// (The inference engine, with slides and tiles, arrives with the engine work.)
+// The scanner program itself is scanner.cpp.
 #include <saganet/saganet.h>
 #include <saganet/saganet.hpp>
 

@@ -1,0 +1,257 @@
+// The native engine over a bundle (see engine.h). The bundle format is saganet/bundle.py's:
+// manifest.json with sha256 of every file, and model.pt2, an AOTInductor package whose graph
+// calls saganet::gate_mask_pool. That op is registered by libsaganet_torch, which this library
+// links with --no-as-needed: it must be loaded before the package, or the package loader fails
+// with "Could not find schema for saganet::gate_mask_pool".
+#include "engine.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <openssl/evp.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "preprocess.h"
+#include "saganet/saganet.hpp"
+
+extern "C" uint64_t saganet_torch_cpu_forward_calls(void);
+
+namespace saganet {
+namespace {
+
+using nlohmann::json;
+constexpr int kFormatVersion = 1;  // saganet/bundle.py FORMAT_VERSION
+
+[[noreturn]] void fail(const std::string& msg) { throw Error(SAGANET_INVALID_ARGUMENT, msg); }
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(path + ": cannot open");
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (f) {
+    f.read(buf.data(), std::streamsize(buf.size()));
+    EVP_DigestUpdate(ctx.get(), buf.data(), size_t(f.gcount()));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &len);
+  std::ostringstream hex;
+  for (unsigned int i = 0; i < len; ++i) hex << "0123456789abcdef"[digest[i] >> 4] << "0123456789abcdef"[digest[i] & 15];
+  return hex.str();
+}
+
+std::set<std::string> cpu_flags() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("flags", 0) == 0) {
+      std::istringstream words(line.substr(line.find(':') + 1));
+      return {std::istream_iterator<std::string>(words), std::istream_iterator<std::string>()};
+    }
+  return {};
+}
+
+std::string machine() {
+#if defined(__x86_64__)
+  return "x86_64";
+#elif defined(__aarch64__)
+  return "aarch64";
+#else
+  return "unknown";
+#endif
+}
+
+template <typename T>
+T field(const json& j, const char* key, const std::string& where) {
+  if (!j.is_object() || !j.contains(key)) fail(where + ": field '" + key + "' is missing");
+  try {
+    return j.at(key).get<T>();
+  } catch (const json::exception&) {
+    fail(where + ": field '" + key + "' has the wrong type");
+  }
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  std::string dir, id;
+  std::vector<std::string> classes;
+  int tile = 0;
+  double mpp = 0;
+  bool length_head = true;
+  int64_t max_batch = 1024;
+  MaskConfig mask;
+  float mean[3], std[3];
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
+  mutable std::mutex run_mutex;
+};
+
+Engine::Engine(const std::string& bundle_dir, int threads) : impl_(std::make_unique<Impl>()) {
+  Impl& b = *impl_;
+  b.dir = bundle_dir;
+  const std::string mpath = bundle_dir + "/manifest.json";
+  std::ifstream mf(mpath);
+  if (!mf) fail(bundle_dir + ": no manifest.json; not a saganet bundle");
+  json m;
+  try {
+    m = json::parse(mf);
+  } catch (const json::exception& e) {
+    fail(mpath + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!m.is_object() || m.value("format", "") != "saganet-bundle") fail(mpath + ": not a saganet bundle");
+  const int version = field<int>(m, "format_version", mpath);
+  if (version > kFormatVersion || version < 1)
+    fail(mpath + ": format_version " + std::to_string(version) + "; this engine reads 1.." + std::to_string(kFormatVersion));
+
+  // Every file the manifest lists must be there and unchanged.
+  const json files = field<json>(m, "files", mpath);
+  if (!files.is_object() || !files.contains("weights.safetensors")) fail(mpath + ": 'files' lacks weights.safetensors");
+  for (const auto& [name, digest] : files.items()) {
+    if (name.find('/') != std::string::npos || name == ".." || name.empty())
+      fail(mpath + ": file name '" + name + "' is not a plain name inside the bundle");
+    const std::string path = bundle_dir + "/" + name;
+    if (!std::ifstream(path)) fail(path + ": listed in the manifest but missing");
+    if (!digest.is_string() || sha256_file(path) != digest.get<std::string>())
+      fail(path + ": sha256 does not match the manifest; the file is damaged or was changed");
+  }
+  b.id = std::string(bundle_dir.substr(bundle_dir.find_last_of('/') + 1)) + "@" +
+         files["weights.safetensors"].get<std::string>().substr(0, 12);
+
+  b.classes = field<std::vector<std::string>>(m, "class_names", mpath);
+  b.tile = field<int>(m, "tile_size", mpath);
+  b.mpp = field<double>(m, "mpp", mpath);
+  if (b.classes.empty() || b.tile < 1 || !(b.mpp > 0)) fail(mpath + ": class_names, tile_size and mpp must be positive / non-empty");
+  b.length_head = field<json>(m, "model", mpath).value("head", "length") == "length";
+
+  const json prep = field<json>(m, "preprocessing", mpath);
+  if (!prep.value("stain_target", json()).is_null())
+    fail(mpath + ": the bundle uses stain normalisation, which the native engine does not implement; use another backend");
+  if (prep.value("scale", 1.0) != 1.0) fail(mpath + ": preprocessing.scale must be 1 in a bundle");
+  const auto mean = field<std::vector<double>>(prep, "mean", mpath + " preprocessing");
+  const auto sd = field<std::vector<double>>(prep, "std", mpath + " preprocessing");
+  if (mean.size() != 3 || sd.size() != 3) fail(mpath + ": preprocessing mean and std must have 3 values");
+  for (int c = 0; c < 3; ++c) {
+    b.mean[c] = float(mean[c]);
+    b.std[c] = float(sd[c]);
+    if (!(b.std[c] > 0)) fail(mpath + ": preprocessing std must be positive");
+  }
+  const json mc = field<json>(prep, "mask", mpath + " preprocessing");
+  if (!mc.at("nuclei_threshold").is_number())
+    fail(mpath + ": mask nuclei_threshold '" + mc.at("nuclei_threshold").dump() +
+         "' is not a number; the native engine supports fixed thresholds only");
+  b.mask.tissue_od = float(field<double>(mc, "tissue_od", mpath));
+  b.mask.focus_window = field<int>(mc, "focus_window", mpath);
+  b.mask.focus_min = float(field<double>(mc, "focus_min", mpath));
+  b.mask.nuclei_threshold = field<double>(mc, "nuclei_threshold", mpath);
+  b.mask.cell_window = field<int>(mc, "cell_window", mpath);
+  b.mask.cell_density_min = float(field<double>(mc, "cell_density_min", mpath));
+  b.mask.min_region = field<int>(mc, "min_region", mpath);
+
+  // The AOTInductor package: compiled for one CPU and one torch.
+  const json formats = field<json>(m, "formats", mpath);
+  if (!formats.contains("aoti")) fail(mpath + ": the bundle has no AOTInductor package (export it with --formats aoti)");
+  const json aoti = formats["aoti"];
+  const json isa = aoti.value("isa", json::object());
+  if (isa.value("machine", "") != machine())
+    fail(mpath + ": model.pt2 was compiled for " + isa.value("machine", "?") + ", this machine is " + machine());
+  const auto flags = cpu_flags();
+  for (const auto& flag : isa.value("flags", std::vector<std::string>{}))
+    if (!flags.count(flag)) fail(mpath + ": model.pt2 was compiled for a CPU with " + flag + ", which this CPU lacks");
+  const std::string built = aoti.value("torch", "?");
+  const std::string here = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + ".";
+  if (built.rfind(here, 0) != 0) fail(mpath + ": model.pt2 was compiled with torch " + built + ", this engine has torch " + here + "x");
+  b.max_batch = aoti.value("max_batch", int64_t(1024));
+
+  if (threads > 0) at::set_num_threads(threads);
+  try {
+    b.loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(bundle_dir + "/model.pt2");
+  } catch (const std::exception& e) {
+    throw Error(SAGANET_RUNTIME_ERROR, bundle_dir + "/model.pt2: cannot load the AOTInductor package (" + e.what() + ")");
+  }
+}
+
+Engine::~Engine() = default;
+
+int Engine::tile_size() const { return impl_->tile; }
+double Engine::mpp() const { return impl_->mpp; }
+const std::vector<std::string>& Engine::class_names() const { return impl_->classes; }
+bool Engine::length_head() const { return impl_->length_head; }
+const std::string& Engine::model_id() const { return impl_->id; }
+
+void Engine::preprocess(const uint8_t* tiles, int64_t n, float* image, float* mask) const {
+  const Impl& b = *impl_;
+  const int64_t t = b.tile, pixels = t * t;
+  // One tile per task; each tile's work is serial and independent of the others.
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> v(static_cast<size_t>(pixels));
+    for (int64_t i = begin; i < end; ++i) {
+      const uint8_t* rgb = tiles + i * pixels * 3;
+      valid_area_mask(rgb, int(t), int(t), b.mask, v.data());
+      float* m = mask + i * pixels;
+      for (int64_t p = 0; p < pixels; ++p) m[p] = float(v[size_t(p)]);
+      normalise(rgb, int(t), int(t), b.mean, b.std, image + i * 3 * pixels);
+    }
+  });
+}
+
+EngineOutput Engine::run(const float* image, const float* mask, int64_t n) const {
+  const Impl& b = *impl_;
+  if (n < 1) fail("no tiles given");
+  const int64_t t = b.tile;
+  EngineOutput out;
+  out.n = n;
+  out.classes = int64_t(b.classes.size());
+  c10::InferenceMode guard;
+  for (int64_t s = 0; s < n; s += b.max_batch) {
+    const int64_t m = std::min(b.max_batch, n - s);
+    // from_blob does not copy; the package only reads its inputs.
+    auto x = at::from_blob(const_cast<float*>(image + s * 3 * t * t), {m, 3, t, t}, at::kFloat);
+    auto k = at::from_blob(const_cast<float*>(mask + s * t * t), {m, 1, t, t}, at::kFloat);
+    std::vector<at::Tensor> res;
+    {
+      std::lock_guard<std::mutex> lock(b.run_mutex);
+      res = b.loader->run({x, k});
+    }
+    if (res.size() != 3 || res[0].size(0) != m || res[0].size(1) != out.classes)
+      throw Error(SAGANET_RUNTIME_ERROR, b.dir + "/model.pt2: unexpected outputs; was it exported by saganet?");
+    const auto probs = res[0].contiguous(), scores = res[1].contiguous(), gate = res[2].contiguous();
+    if (s == 0) {
+      out.gate_h = gate.size(2);
+      out.gate_w = gate.size(3);
+    }
+    out.probs.insert(out.probs.end(), probs.data_ptr<float>(), probs.data_ptr<float>() + probs.numel());
+    out.scores.insert(out.scores.end(), scores.data_ptr<float>(), scores.data_ptr<float>() + scores.numel());
+    out.gate.insert(out.gate.end(), gate.data_ptr<float>(), gate.data_ptr<float>() + gate.numel());
+  }
+  return out;
+}
+
+EngineOutput Engine::classify(const uint8_t* tiles, int64_t n) const {
+  if (n < 1) fail("no tiles given");
+  const int64_t pixels = int64_t(impl_->tile) * impl_->tile;
+  std::vector<float> image(size_t(n * 3 * pixels)), mask(size_t(n * pixels));
+  preprocess(tiles, n, image.data(), mask.data());
+  EngineOutput out = run(image.data(), mask.data(), n);
+  out.valid_fraction.resize(size_t(n));
+  for (int64_t i = 0; i < n; ++i) {
+    double sum = 0;
+    for (int64_t p = 0; p < pixels; ++p) sum += mask[size_t(i * pixels + p)];
+    out.valid_fraction[size_t(i)] = float(sum / double(pixels));
+  }
+  return out;
+}
+
+uint64_t fused_op_calls() { return saganet_torch_cpu_forward_calls(); }
+
+}  // namespace saganet

@@ -1,0 +1,154 @@
+"""The native C++ engine: its preprocessing gives the Python bits, it runs the fused op, it refuses
+bad bundles with the reason, it is thread-safe, and its C API works from a foreign caller."""
+import ctypes
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from shared_data import crc_tiles
+
+from saganet.tissue import MaskConfig, valid_area_mask
+
+C = pytest.importorskip("saganet._C")
+CI = os.environ.get("CI", "").lower() == "true"
+if not hasattr(C, "Engine"):
+    if CI:
+        pytest.fail("saganet._C was built without the native engine", pytrace=False)
+    pytest.skip("saganet._C was built without the native engine", allow_module_level=True)
+
+
+def _images(data_dir, every=15):
+    files = sorted(p for s in ("lymphoma_iicbu", "crc_val_he_7k_test70", "osteosarcoma_ut_test60")
+                   for p in (data_dir / s).glob("*/*.*") if p.suffix.lower() in (".png", ".jpg", ".tif"))
+    return [np.asarray(Image.open(f).convert("RGB")) for f in files[::every]]
+
+
+def test_cpp_mask_is_the_python_mask_bit_for_bit(data_dir):
+    images = _images(data_dir)
+    assert len(images) >= 15
+    for cfg in (MaskConfig(), MaskConfig(tissue_od=0.5, focus_window=5, cell_window=9, min_region=0)):
+        for rgb in images:
+            np.testing.assert_array_equal(C.valid_area_mask(rgb, cfg.to_dict()), valid_area_mask(rgb, cfg))
+
+
+def test_cpp_mask_refuses_what_python_refuses():
+    with pytest.raises(ValueError, match="at least 2x2"):
+        C.valid_area_mask(np.zeros((1, 5, 3), np.uint8), {})
+    with pytest.raises(ValueError, match="'otsu' is Python-only"):
+        C.valid_area_mask(np.zeros((8, 8, 3), np.uint8), {"nuclei_threshold": "otsu"})
+    with pytest.raises(ValueError, match="unknown mask setting 'blur'"):
+        C.valid_area_mask(np.zeros((8, 8, 3), np.uint8), {"blur": 1})
+    with pytest.raises(ValueError, match="ending in 3"):
+        C.valid_area_mask(np.zeros((8, 8, 4), np.uint8), {})
+
+
+def test_native_engine_preprocessing_equals_python(fresh_bundle, data_dir):
+    from saganet.engine import Engine
+
+    tiles = crc_tiles(data_dir, 14)
+    native = Engine(fresh_bundle, backend="native")
+    python = Engine(fresh_bundle, backend="aoti")
+    (ni, nm), (pi, pm) = native.preprocess(tiles), python.preprocess(tiles)
+    np.testing.assert_array_equal(nm, pm)
+    np.testing.assert_array_equal(ni, pi)
+
+
+def test_the_fused_kernel_runs_inside_the_compiled_model(fresh_bundle, data_dir):
+    e = C.Engine(str(fresh_bundle.path))
+    tiles = crc_tiles(data_dir, 4)
+    before = C.fused_op_calls()
+    (probs, _, _), valid = e.classify(tiles)
+    assert C.fused_op_calls() == before + 1  # one batch, one call of the fused CPU kernel
+    assert probs.shape == (4, 7) and valid.shape == (4,)
+
+
+def test_classify_is_thread_safe(fresh_bundle, data_dir):
+    e = C.Engine(str(fresh_bundle.path))
+    tiles = crc_tiles(data_dir, 14)
+    serial = [e.classify(tiles[i:i + 2])[0][0] for i in range(0, 14, 2)]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda i: e.classify(tiles[i:i + 2])[0][0], range(0, 14, 2)))
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def _bundle_copy(bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(bundle.path, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: (b / "model.pt2").write_bytes(b"not a zip"), "model.pt2: sha256 does not match"),
+    (lambda b: (b / "weights.safetensors").unlink(), "weights.safetensors: listed in the manifest but missing"),
+    (lambda b: (b / "manifest.json").write_text("{"), "not valid JSON"),
+    (lambda b: _edit(b, lambda m: m.update(format_version=99)), "format_version 99"),
+    (lambda b: _edit(b, lambda m: m["formats"]["aoti"]["isa"]["flags"].append("avx512_fp99")),
+     "compiled for a CPU with avx512_fp99, which this CPU lacks"),
+    (lambda b: _edit(b, lambda m: m["preprocessing"]["mask"].update(nuclei_threshold="otsu")), "supports fixed thresholds only"),
+    (lambda b: _edit(b, lambda m: m["formats"].pop("aoti")), "has no AOTInductor package"),
+])
+def test_bad_bundles_are_refused_with_the_reason(fresh_bundle, tmp_path, damage, message):
+    b = _bundle_copy(fresh_bundle, tmp_path)
+    damage(b)
+    with pytest.raises(ValueError, match=message):
+        C.Engine(str(b))
+
+
+def _edit(b: Path, change):
+    m = json.loads((b / "manifest.json").read_text())
+    change(m)
+    (b / "manifest.json").write_text(json.dumps(m))
+
+
+def test_wrong_inputs_are_refused(fresh_bundle):
+    e = C.Engine(str(fresh_bundle.path))
+    with pytest.raises(ValueError, match=r"\(N, 224, 224, 3\)"):
+        e.classify(np.zeros((2, 100, 100, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\(N, 224, 224, 3\)"):
+        e.classify(np.zeros((0, 224, 224, 3), np.uint8))
+    with pytest.raises(ValueError, match="mask must be"):
+        e.run(np.zeros((2, 3, 224, 224), np.float32), np.zeros((3, 1, 224, 224), np.float32))
+
+
+def test_c_api_from_a_foreign_caller(fresh_bundle, data_dir):
+    """The C API through ctypes, as a scanner written in another language would use it."""
+    lib = ctypes.CDLL(str(Path(C.__file__).parent / "libsaganet_engine.so"))
+    lib.saganet_engine_create.restype = ctypes.c_void_p
+    lib.saganet_engine_create.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.saganet_last_error.restype = ctypes.c_char_p
+    lib.saganet_engine_class_name.restype = ctypes.c_char_p
+    lib.saganet_engine_class_name.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    for f in ("saganet_engine_tile_size", "saganet_engine_num_classes"):
+        getattr(lib, f).argtypes = [ctypes.c_void_p]
+    lib.saganet_engine_destroy.argtypes = [ctypes.c_void_p]
+    lib.saganet_engine_classify.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                            ctypes.c_void_p, ctypes.c_void_p]
+
+    assert lib.saganet_engine_create(b"/no/such/bundle", 0) is None
+    assert b"no manifest.json" in lib.saganet_last_error()
+    assert lib.saganet_engine_create(None, 0) is None and b"must not be NULL" in lib.saganet_last_error()
+
+    e = lib.saganet_engine_create(str(fresh_bundle.path).encode(), 0)
+    assert e, lib.saganet_last_error()
+    try:
+        assert lib.saganet_engine_tile_size(e) == 224 and lib.saganet_engine_num_classes(e) == 7
+        assert lib.saganet_engine_class_name(e, 6) == b"TUM" and lib.saganet_engine_class_name(e, 7) is None
+        tiles = np.ascontiguousarray(crc_tiles(data_dir, 3))
+        probs, lengths, valid = np.zeros((3, 7), np.float32), np.zeros((3, 7), np.float32), np.zeros(3, np.float32)
+        assert lib.saganet_engine_classify(e, tiles.ctypes.data, 3, probs.ctypes.data, lengths.ctypes.data,
+                                           valid.ctypes.data) == 0
+        (p, s, _), v = C.Engine(str(fresh_bundle.path)).classify(tiles)
+        np.testing.assert_array_equal(probs, p)
+        np.testing.assert_array_equal(lengths, s)
+        np.testing.assert_array_equal(valid, v)
+        assert lib.saganet_engine_classify(e, tiles.ctypes.data, 0, probs.ctypes.data, None, None) == 1
+        assert b"n must be at least 1" in lib.saganet_last_error()
+        assert lib.saganet_engine_classify(e, None, 3, probs.ctypes.data, None, None) == 1
+    finally:
+        lib.saganet_engine_destroy(e)
