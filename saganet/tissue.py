@@ -53,14 +53,19 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def tissue_pixels(rgb: np.ndarray, tissue_od: float) -> np.ndarray:
+    """Summed optical density above `tissue_od`: tissue, not glass or fat. The densities come from a
+    table of correctly rounded values, so that the C++ preprocessing (csrc/preprocess.cpp) gets the
+    same bits; +1/256 keeps the log finite on black pixels."""
+    od = _OD_TABLE[rgb]
+    return (od[..., 0] + od[..., 1]) + od[..., 2] > np.float32(tissue_od)
+
+
 def mask_components(rgb: np.ndarray, config: MaskConfig = MaskConfig()) -> dict[str, np.ndarray]:
     """The three criteria as separate boolean maps (for inspection and tests), plus `valid`."""
     rgb = _check_rgb(rgb)
     rgbf = rgb.astype(np.float32) / 255.0
-    # Optical density per channel; +1/256 keeps log finite on saturated-black pixels. A table of
-    # correctly rounded values, so that the C++ preprocessing (csrc/preprocess.cpp) gets the same bits.
-    od = _OD_TABLE[rgb]
-    tissue = (od[..., 0] + od[..., 1]) + od[..., 2] > np.float32(config.tissue_od)
+    tissue = tissue_pixels(rgb, config.tissue_od)
 
     grey = rgbf @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     gy, gx = np.gradient(grey)

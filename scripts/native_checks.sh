@@ -18,7 +18,7 @@ echo "== ctest ($BUILD)"
 echo "== ctest under ASan + UBSan (build/asan)"
 [ -f build/asan/CMakeCache.txt ] || "$CMAKE" -S . -B build/asan "${GEN[@]}" -DCMAKE_BUILD_TYPE=Debug -DSAGANET_SANITIZE=ON \
     -DSAGANET_CUDA=OFF > /dev/null
-"$CMAKE" --build build/asan --target test_kernels test_preprocess > /dev/null
+"$CMAKE" --build build/asan --target test_kernels test_preprocess
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "$CTEST" --test-dir build/asan --output-on-failure \
     -R 'test_kernels$|test_preprocess'
 
@@ -26,7 +26,7 @@ echo "== examples/scanner against the installed library"
 "$CMAKE" --install "$BUILD" --prefix build/install > /dev/null
 [ -f build/scanner/CMakeCache.txt ] || "$CMAKE" -S examples/scanner -B build/scanner "${GEN[@]}" \
     -DCMAKE_PREFIX_PATH="$PWD/build/install" > /dev/null
-"$CMAKE" --build build/scanner > /dev/null
+"$CMAKE" --build build/scanner
 LD_LIBRARY_PATH="$PWD/build/install/lib" ./build/scanner/pool_check
 DATA=${SAGANET_DATA:-../shared/data}
 SLIDE="$DATA/wsi/cmu_small_region.svs"

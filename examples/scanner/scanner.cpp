@@ -38,7 +38,7 @@ int die(const std::string& msg) {
 // Classify one batch and add it to the tally; false (message printed) on failure.
 bool classify(saganet_engine* e, const std::vector<uint8_t>& batch, int64_t n, Tally& t) {
   const int k = saganet_engine_num_classes(e);
-  std::vector<float> probs(size_t(n) * k), valid(size_t(n));
+  std::vector<float> probs(static_cast<size_t>(n) * k), valid(static_cast<size_t>(n));
   if (saganet_engine_classify(e, batch.data(), n, probs.data(), nullptr, valid.data()) != SAGANET_OK) {
     std::fprintf(stderr, "scanner: classify failed: %s\n", saganet_last_error());
     return false;

@@ -16,8 +16,8 @@ import numpy as np
 from ..bundle import Bundle, load_bundle
 from ..tissue import valid_area_mask
 
-# Preference for "auto", fastest first, as measured by benchmarks/test_engine_speed.py on this
-# project's CPU machines (docs/performance.md); tensorrt only exists where there is a GPU.
+# Every backend; "auto" times the available ones on a probe batch and keeps the fastest, since
+# which one wins depends on the model and the CPU (docs/performance.md).
 BACKENDS = ("tensorrt", "native", "aoti", "onnxruntime", "torch")
 _MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend", "aoti": "aoti_backend",
             "native": "native_backend", "tensorrt": "tensorrt_backend"}
@@ -58,22 +58,39 @@ class Engine:
         self.preprocessing = self.bundle.preprocessing
         self.status = backend_status(self.bundle)
         if backend == "auto":
-            usable = [b for b in BACKENDS if self.status[b] is None]
-            if not usable:
-                raise EngineError(f"{self.bundle.path}: no backend can run it here: {self.status}")
-            backend = usable[0]
-            skipped = [f"{b} ({self.status[b]})" for b in BACKENDS[:BACKENDS.index(backend)]]
-            self.choice = f"auto chose {backend}, the fastest available" + (f"; not available: {'; '.join(skipped)}" if skipped else "")
+            self.backend, self._run, self.choice = self._fastest(threads)
         elif backend not in BACKENDS:
             raise EngineError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
         elif self.status[backend] is not None:
             raise EngineError(f"backend {backend!r} cannot run {self.bundle.path} here: {self.status[backend]}")
         else:
-            self.choice = f"{backend} (asked for)"
-        self.backend = backend
-        t0 = time.perf_counter()
-        self._run = _module(backend).Backend(self.bundle, threads)
-        self.load_seconds = time.perf_counter() - t0
+            self.backend, self.choice = backend, f"{backend} (asked for)"
+            self._run = _module(backend).Backend(self.bundle, threads)
+
+    def _fastest(self, threads, probe: int = 8, repeats: int = 3):
+        """Load every available backend, time it on one probe batch, keep the fastest."""
+        usable = [b for b in BACKENDS if self.status[b] is None]
+        if not usable:
+            raise EngineError(f"{self.bundle.path}: no backend can run it here: {self.status}")
+        t = self.tile_size
+        rng = np.random.default_rng(0)
+        image = rng.standard_normal((probe, 3, t, t), dtype=np.float32)
+        mask = np.ones((probe, 1, t, t), np.float32)
+        speed, loaded = {}, {}
+        for name in usable:
+            run = _module(name).Backend(self.bundle, threads)
+            run(image, mask)  # warm-up (first-call allocations, lazy initialisation)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                run(image, mask)
+            speed[name] = probe * repeats / (time.perf_counter() - t0)
+            loaded[name] = run
+        best = max(speed, key=speed.get)
+        others = ", ".join(f"{b} {v:.0f}" for b, v in speed.items() if b != best)
+        skipped = "; ".join(f"{b}: {self.status[b]}" for b in BACKENDS if self.status[b] is not None)
+        choice = (f"auto chose {best}, the fastest here ({speed[best]:.0f} tiles/s on a probe batch of {probe}"
+                  + (f"; {others}" if others else "") + ")" + (f"; not available: {skipped}" if skipped else ""))
+        return best, loaded[best], choice
 
     @property
     def tile_size(self) -> int:

@@ -7,6 +7,7 @@ probabilities (N x K floats) are kept for the heatmaps and the slide call.
 from __future__ import annotations
 
 import json
+import resource
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +120,8 @@ def predict_slide(engine, path, out_dir, cfg: PredictConfig = PredictConfig()) -
             "seconds": round(seconds, 3), "tile_seconds": round(loop_seconds, 3),
             "tiles_per_second": round(n / loop_seconds, 2) if loop_seconds > 0 else None,
             "seconds_engine_waited_for_tiles": round(wait_seconds, 3),
+            # Of the whole process so far (model loading included), from the kernel's own account.
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "settings": {k: v for k, v in asdict(cfg).items() if k != "progress"},
             "outputs": {"tiles": "tiles.csv", "geojson": "tiles.geojson", "heatmaps": heatmaps, "thumbnail": "thumbnail.png"},
         }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tissue import MaskConfig, mask_components
+from ..tissue import MaskConfig, tissue_pixels
 
 # Formats OpenSlide reads that are not plain images; .tif/.tiff are asked of OpenSlide itself.
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
@@ -81,7 +81,7 @@ def read_rgb(slide, path, x: int, y: int, level: int, width: int, height: int) -
 def thumbnail_tissue(thumb: np.ndarray) -> np.ndarray:
     """Tissue (not glass) pixels of a thumbnail. Only the tissue criterion of the valid-area mask:
     focus and cell density need full resolution."""
-    return mask_components(thumb, MaskConfig(focus_min=0.0, cell_density_min=-1.0))["tissue"]
+    return tissue_pixels(thumb, MaskConfig().tissue_od)
 
 
 def tissue_thumbnail_mask(slide, path, max_side: int = 1024) -> tuple[np.ndarray, float]:
