@@ -68,21 +68,25 @@ class Engine:
             self._run = _module(backend).Backend(self.bundle, threads)
 
     def _fastest(self, threads, probe: int = 8, repeats: int = 3):
-        """Load every available backend, time it on one probe batch, keep the fastest."""
+        """Load every available backend, time preprocessing + network on one probe batch, keep the
+        fastest (the native backend preprocesses in C++, the others in Python)."""
         usable = [b for b in BACKENDS if self.status[b] is None]
         if not usable:
             raise EngineError(f"{self.bundle.path}: no backend can run it here: {self.status}")
         t = self.tile_size
-        rng = np.random.default_rng(0)
-        image = rng.standard_normal((probe, 3, t, t), dtype=np.float32)
-        mask = np.ones((probe, 1, t, t), np.float32)
+        tiles = np.random.default_rng(0).integers(0, 256, (probe, t, t, 3), dtype=np.uint8)
         speed, loaded = {}, {}
         for name in usable:
             run = _module(name).Backend(self.bundle, threads)
-            run(image, mask)  # warm-up (first-call allocations, lazy initialisation)
+            prep = getattr(run, "preprocess", None) or (lambda x: preprocess_tiles(x, self.preprocessing))
+
+            def classify():  # what classify costs with this backend: its preprocessing, then the network
+                run(*prep(tiles))
+
+            classify()  # warm-up (first-call allocations, lazy initialisation)
             t0 = time.perf_counter()
             for _ in range(repeats):
-                run(image, mask)
+                classify()
             speed[name] = probe * repeats / (time.perf_counter() - t0)
             loaded[name] = run
         best = max(speed, key=speed.get)
@@ -91,6 +95,12 @@ class Engine:
         choice = (f"auto chose {best}, the fastest here ({speed[best]:.0f} tiles/s on a probe batch of {probe}"
                   + (f"; {others}" if others else "") + ")" + (f"; not available: {skipped}" if skipped else ""))
         return best, loaded[best], choice
+
+    @property
+    def preprocesses_in_parallel(self) -> bool:
+        """True when preprocessing uses every core (the native engine's C++), False when it is
+        single-threaded Python."""
+        return hasattr(self._run, "preprocess")
 
     @property
     def tile_size(self) -> int:
