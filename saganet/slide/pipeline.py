@@ -53,8 +53,15 @@ def slide_call(probs: np.ndarray, valid: np.ndarray, class_names, min_valid: flo
             "tiles_used": int(used.sum())}
 
 
-def predict_slide(engine, path, out_dir, cfg: PredictConfig = PredictConfig()) -> dict:
-    """Predict one slide into `out_dir`; returns the report (also written as report.json, last)."""
+class Interrupted(Exception):
+    """`should_stop` asked the prediction to stop; nothing complete-looking was written."""
+
+
+def predict_slide(engine, path, out_dir, cfg: PredictConfig = PredictConfig(), on_progress=None,
+                  should_stop=None) -> dict:
+    """Predict one slide into `out_dir`; returns the report (also written as report.json, last).
+    `on_progress(done, total)` is called after every batch; `should_stop()` is asked before every
+    batch and, when true, raises Interrupted (used by the server's graceful shutdown)."""
     cfg.check()
     path, out_dir = Path(path), Path(out_dir)
     t0 = time.perf_counter()
@@ -91,10 +98,15 @@ def predict_slide(engine, path, out_dir, cfg: PredictConfig = PredictConfig()) -
                 return idx, engine.preprocess(tiles) if in_workers else tiles
 
             bar = _progress(n, path.name, cfg.progress)
+            done = 0
             with ThreadPoolExecutor(cfg.workers, thread_name_prefix="saganet-tiles") as pool:
                 starts = iter(range(0, n, cfg.batch_size))
                 pending = deque(pool.submit(load, s) for _, s in zip(range(cfg.workers + 1), starts))
                 while pending:
+                    if should_stop is not None and should_stop():
+                        for f in pending:
+                            f.cancel()
+                        raise Interrupted(f"{path}: stopped after {done} of {n} tiles")
                     w = time.perf_counter()
                     idx, loaded = pending.popleft().result()
                     wait_seconds += time.perf_counter() - w
@@ -109,6 +121,9 @@ def predict_slide(engine, path, out_dir, cfg: PredictConfig = PredictConfig()) -
                         table.write(x, y, grid.read_size, valid[i], probs[i])
                         geojson.write(x, y, grid.read_size, valid[i], probs[i])
                     bar.update(len(idx))
+                    done += len(idx)
+                    if on_progress is not None:
+                        on_progress(done, n)
             bar.close()
             complete = True
             loop_seconds = time.perf_counter() - t_loop

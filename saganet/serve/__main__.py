@@ -1,0 +1,49 @@
+"""python -m saganet.serve --model BUNDLE [--host 127.0.0.1] [--port 8000] ..."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .app import Settings
+
+
+def main(argv=None) -> int:
+    d = Settings(model="")
+    ap = argparse.ArgumentParser(prog="python -m saganet.serve", description=__doc__)
+    ap.add_argument("--model", required=True, help="model bundle directory (saganet export)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--backend", default=d.backend)
+    ap.add_argument("--max-batch", type=int, default=d.max_batch, help="tiles per network batch")
+    ap.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms, help="longest wait for a batch to fill")
+    ap.add_argument("--slide-root", default=None, help="folder slides may be submitted from by path (none: refused)")
+    ap.add_argument("--state-dir", default=d.state_dir, help="SQLite job store, uploads and job outputs")
+    ap.add_argument("--token", default=None, help="bearer token required on every endpoint but /healthz "
+                                                  "(also from $SAGANET_TOKEN)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--max-queue-tiles", type=int, default=d.max_queue_tiles)
+    ap.add_argument("--max-upload-mb", type=int, default=d.max_upload_mb)
+    a = ap.parse_args(argv)
+    if not 1 <= a.max_batch <= 1024 or a.max_delay_ms < 0 or a.max_queue_tiles < a.max_batch:
+        ap.error("--max-batch must be 1..1024, --max-delay-ms >= 0, --max-queue-tiles >= --max-batch")
+    if a.slide_root and not os.path.isdir(a.slide_root):
+        ap.error(f"--slide-root {a.slide_root}: not a directory")
+    settings = Settings(model=a.model, backend=a.backend, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
+                        slide_root=a.slide_root, state_dir=a.state_dir, token=a.token or os.environ.get("SAGANET_TOKEN"),
+                        threads=a.threads, max_queue_tiles=a.max_queue_tiles, max_upload_mb=a.max_upload_mb)
+    import uvicorn
+
+    from .app import create_app
+
+    try:
+        app = create_app(settings)
+    except (ValueError, OSError) as e:
+        print(f"saganet.serve: error: {e}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

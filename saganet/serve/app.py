@@ -1,0 +1,280 @@
+"""Routes of the saganet server (FastAPI). Settings are plain data; `create_app` wires the engine,
+the dynamic batcher, the job store and the metrics together."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .. import __version__
+from ..slide.pipeline import PredictConfig
+from ..slide.reader import SlideError, open_reader
+from .batcher import DynamicBatcher, QueueFull
+from .jobs import STATES, JobRunner, JobStore
+from .security import Refused, authorised, confine, decode_tile, json_object, raw_tiles, read_body, read_form, safe_name
+
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    backend: str = "auto"
+    max_batch: int = 32
+    max_delay_ms: float = 5.0
+    slide_root: str | None = None
+    state_dir: str = "saganet-state"
+    token: str | None = None
+    threads: int = 0
+    max_queue_tiles: int = 1024  # tiles waiting for the network; beyond: 503 + Retry-After
+    max_tiles_per_request: int = 256
+    max_classify_mb: int = 64  # body of one /v1/classify request
+    max_upload_mb: int = 2048  # one uploaded slide
+    max_tile_pixels: int = 4096 * 4096  # decoded size of one tile image (decompression bombs)
+    request_timeout_s: float = 60.0
+    slide_batch_size: int = 8
+
+
+class _Shared:
+    """The engine as slide jobs see it: the network runs under the lock the batcher also takes."""
+
+    def __init__(self, engine, lock):
+        self._engine, self._lock = engine, lock
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return self._engine.run(*args, **kwargs)
+
+
+def _mpp(value) -> float | None:
+    """The optional microns per pixel of a submitted slide (for slides that do not record it)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise Refused(422, f"'mpp' must be a number of microns per pixel, got {value!r}")
+    try:
+        mpp = float(value)
+    except (TypeError, ValueError):
+        raise Refused(422, f"'mpp' must be a number of microns per pixel, got {value!r}") from None
+    if not 0 < mpp <= 100:
+        raise Refused(422, f"'mpp' must be in (0, 100] microns per pixel, got {mpp}")
+    return mpp
+
+
+def _log(msg: str) -> None:
+    print(f"saganet.serve: {msg}", file=sys.stderr, flush=True)
+
+
+def create_app(settings: Settings, engine=None) -> FastAPI:
+    from ..engine import Engine
+
+    s = settings
+    registry = CollectorRegistry()
+    requests = Counter("saganet_requests_total", "HTTP requests", ["route", "status"], registry=registry)
+    latency = Histogram("saganet_request_seconds", "request latency", ["route"], registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+    batch_sizes = Histogram("saganet_batch_tiles", "tiles per network batch", registry=registry,
+                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    queue_depth = Gauge("saganet_queue_tiles", "tiles waiting for the network", registry=registry)
+    jobs_gauge = Gauge("saganet_jobs", "slide jobs by state", ["state"], registry=registry)
+    state = {"ready": False}
+
+    engine = engine or Engine(s.model, backend=s.backend, threads=s.threads or None)
+    _log(f"model {engine.bundle.model_id}: {engine.choice}")
+    lock = threading.Lock()
+    batcher = DynamicBatcher(engine, s.max_batch, s.max_delay_ms / 1000.0, s.max_queue_tiles, lock,
+                             on_batch=batch_sizes.observe)
+    store = JobStore(Path(s.state_dir))
+    if store.resumed:
+        _log(f"{store.resumed} unfinished job(s) from before go back in the queue")
+    runner = JobRunner(store, _Shared(engine, lock), PredictConfig(batch_size=s.slide_batch_size, progress=False), _log)
+    slide_root = Path(s.slide_root) if s.slide_root else None
+    tile = engine.tile_size
+
+    async def lifespan(app):
+        batcher.start()
+        # Warm up (first-call allocations) before saying ready.
+        await batcher.submit(np.full((1, tile, tile, 3), 255, np.uint8))
+        runner.start()
+        state["ready"] = True
+        _log("ready")
+        yield
+        state["ready"] = False
+        runner.stopping.set()
+        runner.wake.set()
+        await asyncio.get_running_loop().run_in_executor(None, runner.join)
+        await batcher.close()
+        _log("stopped; unfinished slide jobs resume at the next start")
+
+    app = FastAPI(title="saganet", version=__version__, lifespan=lifespan,
+                  description="SagaNet tile and whole-slide inference. Demonstration models are not for diagnosis.")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        route = request.scope.get("route")
+        t0 = time.perf_counter()
+        if s.token and request.url.path != "/healthz" and not authorised(request.headers.get("authorization"), s.token):
+            response = JSONResponse({"error": "missing or wrong bearer token"}, 401, {"WWW-Authenticate": "Bearer"})
+        else:
+            try:
+                response = await call_next(request)
+            except Exception as e:  # never a bare 500 page; the message names what failed
+                _log(f"{request.method} {request.url.path}: {type(e).__name__}: {e}")
+                response = JSONResponse({"error": f"internal error: {type(e).__name__}"}, 500)
+        route = request.scope.get("route")
+        name = route.path if route is not None else "unmatched"
+        requests.labels(name, str(response.status_code)).inc()
+        latency.labels(name).observe(time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, e: Refused):
+        return JSONResponse({"error": e.message}, e.status, e.headers)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not state["ready"]:
+            return JSONResponse({"status": "starting"}, 503)
+        return {"status": "ready", "model": engine.bundle.model_id, "backend": engine.backend}
+
+    @app.get("/metrics")
+    async def metrics():
+        queue_depth.set(batcher.queued_tiles)
+        for k, v in store.counts().items():
+            jobs_gauge.labels(k).set(v)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/model")
+    async def model_info():
+        b = engine.bundle
+        return {"model": b.model_id, "classes": b.class_names, "tile_size": tile, "mpp": b.mpp, "backend": engine.backend}
+
+    @app.post("/v1/classify")
+    async def classify(request: Request, shape: str | None = None):
+        """Tiles as PNG/JPEG in a multipart form (repeatable field `tiles`), or raw uint8 RGB as
+        application/octet-stream with `?shape=N,H,W,3`. Tiles must be the model's size."""
+        ctype = request.headers.get("content-type", "")
+        limit = s.max_classify_mb * MB
+        if ctype.startswith("application/octet-stream"):
+            tiles = raw_tiles(await read_body(request, limit), shape, tile, s.max_tiles_per_request)
+        elif ctype.startswith("multipart/form-data"):
+            form = await read_form(request, limit, s.max_tiles_per_request)
+            try:
+                uploads = form.getlist("tiles")
+                if not uploads:
+                    raise Refused(422, "no `tiles` field in the form")
+                if any(isinstance(u, str) for u in uploads):
+                    raise Refused(422, "`tiles` must be files (PNG or JPEG), not text fields")
+                tiles = np.stack([decode_tile(await u.read(), u.filename or f"#{i}", tile, s.max_tile_pixels)
+                                  for i, u in enumerate(uploads)])
+            finally:
+                await form.close()
+        else:
+            raise Refused(415, "send multipart/form-data (field `tiles`) or application/octet-stream with ?shape=N,H,W,3")
+        try:
+            probs, lengths, valid = await asyncio.wait_for(batcher.submit(tiles), s.request_timeout_s)
+        except QueueFull as e:
+            raise Refused(503, f"busy: {e}; retry shortly", {"Retry-After": "1"}) from None
+        except asyncio.TimeoutError:
+            raise Refused(504, f"no result within {s.request_timeout_s} s; the server is overloaded") from None
+        return {"model": engine.bundle.model_id, "classes": engine.class_names, "probs": probs.tolist(),
+                "lengths": None if lengths is None else lengths.tolist(), "valid_fraction": valid.tolist()}
+
+    @app.post("/v1/slides", status_code=202)
+    async def submit_slide(request: Request):
+        """JSON {"path": "<relative to --slide-root>", "mpp": optional}, or a multipart upload
+        (field `file`, optional field `mpp`). `mpp` is needed for slides that do not record it."""
+        ctype = request.headers.get("content-type", "")
+        job_id = store.new_id()
+        if ctype.startswith("application/json"):
+            body = json_object(await read_body(request, 64 * 1024))
+            source, uploaded = confine(slide_root, body.get("path")), False
+            name, mpp = source.name, _mpp(body.get("mpp"))
+        elif ctype.startswith("multipart/form-data"):
+            form = await read_form(request, s.max_upload_mb * MB, 1)
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise Refused(422, "no file in the form field `file`")
+                mpp = _mpp(form.get("mpp"))
+                name = safe_name(upload.filename, "slide")
+                folder = store.uploads / job_id
+                folder.mkdir()
+                source, uploaded = folder / name, True
+                with open(source, "wb") as f:
+                    await asyncio.get_running_loop().run_in_executor(None, shutil.copyfileobj, upload.file, f, MB)
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                await form.close()
+        else:
+            raise Refused(415, "send application/json {\"path\": ...} or multipart/form-data with field `file`")
+        try:  # refuse what cannot be read now, not minutes later in the job
+            open_reader(source).close()
+        except SlideError as e:
+            if uploaded:
+                shutil.rmtree(source.parent, ignore_errors=True)
+            raise Refused(422, str(e).replace(str(source.parent) + "/", "") if uploaded else str(e)) from None
+        store.add(job_id, source, name, uploaded, mpp)
+        runner.wake.set()
+        return {"id": job_id, "state": "queued", "status_url": f"/v1/slides/{job_id}"}
+
+    def job_or_404(job_id: str) -> dict:
+        job = store.get(job_id) if len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id) else None
+        if job is None:
+            raise Refused(404, f"no slide job {job_id!r}")
+        return job
+
+    def output(job_id: str, file: str, media_type: str):
+        job = job_or_404(job_id)
+        if job["state"] != "done":
+            raise Refused(409, f"job {job_id} is {job['state']}; outputs exist once it is done")
+        return FileResponse(store.out_dir(job_id) / file, media_type=media_type)
+
+    @app.get("/v1/slides/{job_id}")
+    async def slide_status(job_id: str):
+        job = job_or_404(job_id)
+        out = {k: job[k] for k in ("id", "state", "name", "progress", "created", "updated")}
+        if job["state"] == "done":
+            out |= job["result"] | {"outputs": {"geojson": f"/v1/slides/{job_id}/geojson", "tiles": f"/v1/slides/{job_id}/tiles.csv",
+                                                "heatmaps": {c: f"/v1/slides/{job_id}/heatmap/{c}" for c in engine.class_names}}}
+        if job["state"] == "failed":
+            out["error"] = job["error"]
+        return out
+
+    @app.get("/v1/slides/{job_id}/geojson")
+    async def slide_geojson(job_id: str):
+        return output(job_id, "tiles.geojson", "application/geo+json")
+
+    @app.get("/v1/slides/{job_id}/tiles.csv")
+    async def slide_tiles(job_id: str):
+        return output(job_id, "tiles.csv", "text/csv")
+
+    @app.get("/v1/slides/{job_id}/heatmap/{cls}")
+    async def slide_heatmap(job_id: str, cls: str):
+        if cls not in engine.class_names:
+            raise Refused(404, f"no class {cls!r}; classes: {', '.join(engine.class_names)}")
+        from ..slide.writers import _safe
+
+        return output(job_id, f"heatmap_{_safe(cls)}.png", "image/png")
+
+    app.state.store, app.state.batcher = store, batcher
+    assert set(STATES) == {"queued", "running", "done", "failed"}
+    return app

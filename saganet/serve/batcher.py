@@ -1,0 +1,106 @@
+"""Dynamic batching, in the spirit of Triton's: tile requests from concurrent clients are
+coalesced into batches of up to `max_batch` tiles, waiting at most `max_delay` for company (only
+while requests are arriving concurrently); the network runs off the event loop, one batch at a
+time, and each caller gets its own rows back.
+
+The queue is bounded in tiles: when it is full, `submit` raises QueueFull at once (the app
+answers 503 with Retry-After) instead of letting memory grow.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class _Request:
+    tiles: np.ndarray
+    future: asyncio.Future
+
+
+class DynamicBatcher:
+    def __init__(self, engine, max_batch: int, max_delay_s: float, max_queue_tiles: int, lock: threading.Lock,
+                 on_batch=None):
+        self.engine, self.max_batch, self.max_delay = engine, max_batch, max_delay_s
+        self.max_queue, self.lock, self.on_batch = max_queue_tiles, lock, on_batch
+        self.queued_tiles = 0
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="saganet-infer")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        while self.queued_tiles:
+            await asyncio.sleep(0.01)
+        if self._task:
+            self._task.cancel()
+        self._pool.shutdown(wait=True)
+
+    async def submit(self, tiles: np.ndarray):
+        n = len(tiles)
+        if self.queued_tiles + n > self.max_queue:
+            raise QueueFull(f"{self.queued_tiles} tiles are queued; the limit is {self.max_queue}")
+        self.queued_tiles += n
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Request(tiles, future))
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        concurrent = False  # did the last batch gather more than one request?
+        while True:
+            batch = [await self._queue.get()]
+            size = len(batch[0].tiles)
+            # Take what is already waiting; wait up to max_delay for more only under concurrent
+            # load: a lone client would pay the delay on every request for nothing.
+            deadline = time.monotonic() + (self.max_delay if concurrent else 0.0)
+            while size < self.max_batch:
+                if not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                else:
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        break
+                    try:
+                        nxt = await asyncio.wait_for(self._queue.get(), wait)
+                    except asyncio.TimeoutError:
+                        break
+                batch.append(nxt)
+                size += len(nxt.tiles)
+            concurrent = len(batch) > 1
+            tiles = np.concatenate([r.tiles for r in batch]) if len(batch) > 1 else batch[0].tiles
+            try:
+                pred = await loop.run_in_executor(self._pool, self._classify, tiles)
+            except Exception as e:  # a failed batch fails its callers, never the loop
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(e)
+            else:
+                start = 0
+                for r in batch:
+                    n = len(r.tiles)
+                    if not r.future.done():  # a caller that timed out is gone
+                        r.future.set_result((pred.probs[start:start + n], None if pred.lengths is None
+                                             else pred.lengths[start:start + n], pred.valid_fraction[start:start + n]))
+                    start += n
+            finally:
+                self.queued_tiles -= size
+            if self.on_batch:
+                self.on_batch(size)
+
+    def _classify(self, tiles):
+        image, mask = self.engine.preprocess(tiles)
+        with self.lock:  # slide jobs share the engine; one network call at a time
+            return self.engine.run(image, mask)

@@ -1,0 +1,142 @@
+"""What the server refuses: unauthenticated calls, paths outside the slide root, bodies over the
+limit, and images that are not what they claim (wrong type, truncated, bombs, wrong size)."""
+from __future__ import annotations
+
+import hmac
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+TILE_FORMATS = {"PNG", "JPEG"}
+
+
+class Refused(Exception):
+    """A request the server answers with a 4xx: status, message."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def authorised(header: str | None, token: str) -> bool:
+    """Bearer token check in constant time (no early exit on the first differing byte)."""
+    given = (header or "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
+def confine(root: Path | None, relative: object) -> Path:
+    """The file `relative` names inside `root`; refuses absolute paths, `..`, NUL bytes, links
+    that leave the root, and anything that is not an existing regular file."""
+    if root is None:
+        raise Refused(403, "path submission is disabled: the server was started without --slide-root")
+    if not isinstance(relative, str) or not relative.strip():
+        raise Refused(422, "'path' must be a non-empty string relative to the slide root")
+    if "\x00" in relative or len(relative) > 4096:
+        raise Refused(422, "'path' contains a NUL byte or is too long")
+    p = Path(relative)
+    if not p.parts or p.is_absolute() or relative.startswith(("/", "\\")) or ":" in p.parts[0]:
+        raise Refused(422, f"'path' must be relative to the slide root, got {relative!r}")
+    if ".." in p.parts or any(part in ("..", ".") for part in relative.replace("\\", "/").split("/")):
+        raise Refused(422, f"'path' must not contain '..' or '.' parts, got {relative!r}")
+    root = root.resolve()
+    target = (root / p).resolve()
+    if not target.is_relative_to(root):
+        raise Refused(403, f"'path' {relative!r} leaves the slide root")
+    if not target.is_file():
+        raise Refused(404, f"no slide {relative!r} under the slide root")
+    return target
+
+
+def decode_tile(data: bytes, name: str, tile: int, max_pixels: int) -> np.ndarray:
+    """A PNG or JPEG upload -> uint8 (tile, tile, 3). Tiles of another size are refused, not
+    resized: resampling changes the microns per pixel the model was trained for."""
+    try:
+        im = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise Refused(415, f"tile {name!r}: not a PNG or JPEG image ({e})") from None
+    except Image.DecompressionBombError:
+        raise Refused(413, f"tile {name!r}: too many pixels") from None
+    if im.format not in TILE_FORMATS:
+        raise Refused(415, f"tile {name!r}: {im.format} is not accepted; send PNG or JPEG")
+    w, h = im.size
+    if w * h > max_pixels:
+        raise Refused(413, f"tile {name!r}: {w}x{h} pixels is over the limit of {max_pixels}")
+    if (w, h) != (tile, tile):
+        raise Refused(422, f"tile {name!r} is {w}x{h}; this model takes {tile}x{tile} tiles at its microns per pixel "
+                           f"(resize or re-tile on the client; the server does not resample)")
+    try:
+        return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise Refused(400, f"tile {name!r}: cannot decode ({e}); truncated or corrupt?") from None
+
+
+def raw_tiles(data: bytes, shape: str | None, tile: int, max_tiles: int) -> np.ndarray:
+    """application/octet-stream body of uint8 RGB with `shape=N,H,W,3` -> (N, H, W, 3)."""
+    if not shape:
+        raise Refused(422, "raw tiles need their shape: ?shape=N,H,W,3")
+    try:
+        dims = tuple(int(v) for v in shape.split(","))
+    except ValueError:
+        raise Refused(422, f"shape must be four integers N,H,W,3, got {shape!r}") from None
+    if len(dims) != 4 or dims[3] != 3 or dims[0] < 1:
+        raise Refused(422, f"shape must be N,H,W,3 with N >= 1, got {shape!r}")
+    if dims[0] > max_tiles:
+        raise Refused(413, f"{dims[0]} tiles in one request; the limit is {max_tiles}")
+    if dims[1:3] != (tile, tile):
+        raise Refused(422, f"tiles are {dims[1]}x{dims[2]}; this model takes {tile}x{tile}")
+    if len(data) != int(np.prod(dims)):
+        raise Refused(422, f"body has {len(data)} bytes; shape {shape} needs {int(np.prod(dims))}")
+    return np.frombuffer(data, np.uint8).reshape(dims)
+
+
+def json_object(data: bytes) -> dict:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Refused(400, "the body is not UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise Refused(400, f"the body is not valid JSON ({e.msg} at {e.pos})") from None
+    if not isinstance(obj, dict):
+        raise Refused(422, "the body must be a JSON object like {\"path\": \"...\"}")
+    return obj
+
+
+def safe_name(name: str | None, default: str = "upload") -> str:
+    """A client's file name reduced to letters, digits, '-', '_', '.' (no directories)."""
+    base = (name or "").replace("\\", "/").split("/")[-1]
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in base).lstrip(".")
+    return cleaned[:120] or default
+
+
+async def _limited(request, limit: int):
+    """The request body as it arrives, refused (413) as soon as it passes `limit` bytes: a
+    Content-Length that lies or a chunked upload cannot get past it."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise Refused(413, f"request body over the limit of {limit} bytes")
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise Refused(413, f"request body over the limit of {limit} bytes")
+        yield chunk
+
+
+async def read_body(request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in _limited(request, limit)])
+
+
+async def read_form(request, limit: int, max_files: int):
+    """A multipart form, parsed from the limited stream (files spool to temporary files)."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise Refused(415, "expected multipart/form-data")
+    try:
+        return await MultiPartParser(request.headers, _limited(request, limit), max_files=max_files,
+                                     max_fields=max_files + 16).parse()
+    except MultiPartException as e:
+        raise Refused(400, f"malformed multipart form: {e.message}") from None

@@ -1,0 +1,275 @@
+"""The server, as real processes on loopback: tiles, slide jobs, metrics, auth, hostile input,
+a full queue, SIGTERM and kill -9 during a slide job."""
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from serve_helpers import Server
+from shared_data import DEMO_BUNDLE, crc_tiles
+
+from saganet.engine import Engine
+
+SLIDE = "cmu_small_region.svs"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, data_dir):
+    s = Server(DEMO_BUNDLE, tmp_path_factory.mktemp("state"), "--slide-root", data_dir / "wsi", "--backend", "onnxruntime")
+    yield s
+    assert s.stop(), s.log()
+
+
+@pytest.fixture(scope="module")
+def tiles(data_dir):
+    return crc_tiles(data_dir, 7)
+
+
+def _png(rgb) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_classify_multipart_and_raw_match_the_engine(server, tiles):
+    expected = Engine(DEMO_BUNDLE, backend="onnxruntime").classify(tiles).probs
+    r = server.client.post("/v1/classify", files=[("tiles", (f"t{i}.png", _png(t), "image/png")) for i, t in enumerate(tiles)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["classes"] == ["ADI", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"] and body["model"].startswith("demo-crc7@")
+    np.testing.assert_allclose(body["probs"], expected, atol=1e-5)
+    assert np.array(body["lengths"]).shape == (7, 7)
+    raw = server.client.post("/v1/classify?shape=7,224,224,3", content=tiles.tobytes(),
+                             headers={"content-type": "application/octet-stream"})
+    assert raw.status_code == 200, raw.text
+    np.testing.assert_allclose(raw.json()["probs"], expected, atol=1e-5)
+
+
+def test_slide_job_by_path(server):
+    r = server.client.post("/v1/slides", json={"path": SLIDE})
+    assert r.status_code == 202, r.text
+    job = server.wait_job(r.json()["id"])
+    assert job["state"] == "done", job
+    assert job["call"]["class"] in job["call"]["probs"] and job["tiles"] > 30 and job["progress"] == 1.0
+    gj = server.client.get(job["outputs"]["geojson"])
+    assert gj.status_code == 200 and len(gj.json()["features"]) == job["tiles"]
+    csv = server.client.get(job["outputs"]["tiles"])
+    assert csv.status_code == 200 and len(csv.text.strip().splitlines()) == job["tiles"] + 1
+    png = server.client.get(job["outputs"]["heatmaps"]["TUM"])
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_slide_upload_and_missing_mpp(server, data_dir):
+    tcga = data_dir / "wsi" / "tcga-cr-7395-01a-01-ts1.svs"
+    r = server.client.post("/v1/slides", files={"file": (tcga.name, tcga.read_bytes())})
+    assert r.status_code == 202, r.text
+    failed = server.wait_job(r.json()["id"])
+    assert failed["state"] == "failed" and "pass it explicitly" in failed["error"]
+    r = server.client.post("/v1/slides", files={"file": (tcga.name, tcga.read_bytes())}, data={"mpp": "0.25"})
+    job = server.wait_job(r.json()["id"])
+    assert job["state"] == "done" and job["mpp"] == 0.25, job
+
+
+def test_metrics_move(server, tiles):
+    def scrape():
+        text = server.client.get("/metrics").text
+        return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")}
+
+    before = scrape()
+    server.client.post("/v1/classify?shape=2,224,224,3", content=tiles[:2].tobytes(),
+                       headers={"content-type": "application/octet-stream"})
+    after = scrape()
+    key = 'saganet_requests_total{route="/v1/classify",status="200"}'
+    assert after[key] == before.get(key, 0) + 1
+    assert after["saganet_batch_tiles_count"] > before["saganet_batch_tiles_count"]
+    assert after["saganet_batch_tiles_sum"] >= before["saganet_batch_tiles_sum"] + 2
+    assert "saganet_queue_tiles" in after and 'saganet_jobs{state="done"}' in after
+
+
+def _hostile(data_dir):
+    """(description, method, url, request kwargs): every one must get a 4xx."""
+    jpeg = (data_dir / "crc_val_he_7k_test70" / "TUM").glob("*.jpg").__next__().read_bytes()
+    small = _png(np.zeros((100, 100, 3), np.uint8))
+    gif = io.BytesIO()
+    Image.new("RGB", (224, 224)).save(gif, format="GIF")
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, format="PNG")  # 400 Mpx, a few kB compressed
+    j = {"headers": {"content-type": "application/json"}}
+    traversal = ["../wsi/" + SLIDE, "../../etc/passwd", "/etc/passwd", "..", ".", "./" + SLIDE, "a/../../" + SLIDE,
+                 "..\\..\\windows\\win.ini", "C:\\windows\\win.ini", "%2e%2e/%2e%2e/etc/passwd", SLIDE + "\x00.png",
+                 "link-out/passwd", "//etc/passwd", "~/.ssh/id_rsa", "nonexistent.svs", ""]
+    cases = [(f"traversal {p!r}", "POST", "/v1/slides", {"json": {"path": p}}) for p in traversal]
+    cases += [
+        ("path not a string", "POST", "/v1/slides", {"json": {"path": 42}}),
+        ("path missing", "POST", "/v1/slides", {"json": {}}),
+        ("json array", "POST", "/v1/slides", {"json": [SLIDE]}),
+        ("broken json", "POST", "/v1/slides", {"content": b'{"path": ', **j}),
+        ("non-UTF-8 json", "POST", "/v1/slides", {"content": b'{"path": "\xff\xfe"}', **j}),
+        ("mpp not a number", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": "fast"}}),
+        ("mpp negative", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": -1}}),
+        ("mpp boolean", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": True}}),
+        ("slide as text/plain", "POST", "/v1/slides", {"content": SLIDE, "headers": {"content-type": "text/plain"}}),
+        ("upload not a slide", "POST", "/v1/slides", {"files": {"file": ("x.svs", b"II*\x00garbage")}}),
+        ("upload of text", "POST", "/v1/slides", {"files": {"file": ("notes.txt", b"hello")}}),
+        ("upload field missing", "POST", "/v1/slides", {"files": {"other": ("x.svs", b"abc")}}),
+        ("upload as text field", "POST", "/v1/slides", {"data": {"file": "not a file"},
+                                                          "files": {"dummy": ("d", b"")}}),
+        ("upload name traversal, garbage", "POST", "/v1/slides", {"files": {"file": ("../../x.svs", b"junk")}}),
+        ("malformed multipart", "POST", "/v1/slides",
+         {"content": b"--zz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc", "headers":
+          {"content-type": "multipart/form-data; boundary=zz"}}),
+        ("multipart without boundary", "POST", "/v1/classify", {"content": b"abc", "headers":
+                                                                 {"content-type": "multipart/form-data"}}),
+        ("classify as json", "POST", "/v1/classify", {"json": {"tiles": []}}),
+        ("classify no content type", "POST", "/v1/classify", {"content": b"abc"}),
+        ("tiles field missing", "POST", "/v1/classify", {"files": {"image": ("a.jpg", jpeg)}}),
+        ("tile as text field", "POST", "/v1/classify", {"data": {"tiles": "abc"}, "files": {"dummy": ("d", b"")}}),
+        ("tile not an image", "POST", "/v1/classify", {"files": {"tiles": ("a.jpg", b"not an image")}}),
+        ("tile truncated", "POST", "/v1/classify", {"files": {"tiles": ("a.jpg", jpeg[: len(jpeg) // 2])}}),
+        ("tile wrong size", "POST", "/v1/classify", {"files": {"tiles": ("a.png", small)}}),
+        ("tile GIF", "POST", "/v1/classify", {"files": {"tiles": ("a.gif", gif.getvalue())}}),
+        ("tile decompression bomb", "POST", "/v1/classify", {"files": {"tiles": ("bomb.png", bomb.getvalue())}}),
+        ("raw without shape", "POST", "/v1/classify", {"content": b"\x00" * 12, "headers":
+                                                        {"content-type": "application/octet-stream"}}),
+        ("raw shape garbage", "POST", "/v1/classify?shape=a,b,c", {"content": b"\x00", "headers":
+                                                                    {"content-type": "application/octet-stream"}}),
+        ("raw shape wrong size", "POST", "/v1/classify?shape=1,10,10,3", {"content": b"\x00" * 300, "headers":
+                                                                           {"content-type": "application/octet-stream"}}),
+        ("raw bytes short", "POST", "/v1/classify?shape=1,224,224,3", {"content": b"\x00" * 100, "headers":
+                                                                        {"content-type": "application/octet-stream"}}),
+        ("raw four channels", "POST", "/v1/classify?shape=1,224,224,4", {"content": b"\x00" * (224 * 224 * 4),
+                                                                          "headers": {"content-type": "application/octet-stream"}}),
+        ("raw zero tiles", "POST", "/v1/classify?shape=0,224,224,3", {"content": b"", "headers":
+                                                                       {"content-type": "application/octet-stream"}}),
+        ("raw too many tiles", "POST", "/v1/classify?shape=100000,224,224,3", {"content": b"\x00", "headers":
+                                                                                {"content-type": "application/octet-stream"}}),
+        ("unknown job", "GET", "/v1/slides/" + "0" * 32, {}),
+        ("job id traversal", "GET", "/v1/slides/..%2F..%2Fjobs.sqlite3", {}),
+        ("job id not hex", "GET", "/v1/slides/zzzz", {}),
+        ("heatmap of unknown job", "GET", "/v1/slides/" + "0" * 32 + "/heatmap/TUM", {}),
+        ("tiles.csv of unknown job", "GET", "/v1/slides/" + "1" * 32 + "/tiles.csv", {}),
+        ("unknown route", "GET", "/v1/nothing", {}),
+        ("wrong method", "DELETE", "/v1/classify", {}),
+    ]
+    return cases
+
+
+def test_hostile_requests_get_4xx_and_the_server_stays_healthy(server, data_dir, tmp_path):
+    (data_dir / "wsi").resolve()
+    cases = _hostile(data_dir)
+    assert len(cases) >= 50 and sum(c[0].startswith("traversal") for c in cases) >= 10
+    bad = []
+    for name, method, url, kwargs in cases:
+        r = server.client.request(method, url, **kwargs)
+        if not 400 <= r.status_code < 500:
+            bad.append((name, r.status_code, r.text[:200]))
+        elif r.headers.get("content-type", "").startswith("application/json"):
+            assert "error" in r.json() or "detail" in r.json(), (name, r.text)
+    assert not bad, bad
+    # What an HTTP client library would not send: a lying Content-Length, garbage request lines.
+    for raw in (b"POST /v1/classify?shape=1,224,224,3 HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: 99999999999\r\n\r\nabc",
+                b"POST /v1/slides HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: -5\r\n\r\n",
+                b"GET /v1/slides/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 not http at all\r\n\r\n"):
+        status = _raw_status(server.port, raw)
+        assert status is None or 400 <= status < 500, (raw[:40], status)
+    assert server.alive() and server.client.get("/readyz").status_code == 200
+    assert "Traceback" not in server.log()
+
+
+def _raw_status(port, data: bytes):
+    """Send bytes as they are; the status code of the answer, or None if the server just closed."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        try:
+            head = sock.recv(64)
+        except (ConnectionResetError, TimeoutError):
+            return None
+    return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else None
+
+
+def test_heatmap_of_unknown_class_and_unfinished_job(server):
+    r = server.client.post("/v1/slides", json={"path": SLIDE})
+    job_id = r.json()["id"]
+    early = server.client.get(f"/v1/slides/{job_id}/geojson")
+    assert early.status_code in (200, 409)
+    server.wait_job(job_id)
+    assert server.client.get(f"/v1/slides/{job_id}/heatmap/NOPE").status_code == 404
+
+
+def test_auth_on_every_endpoint_but_healthz(tmp_path, data_dir):
+    s = Server(DEMO_BUNDLE, tmp_path / "state", "--backend", "onnxruntime", token="s3cret-token")
+    try:
+        import httpx
+
+        anon = httpx.Client(base_url=s.url)
+        assert anon.get("/healthz").status_code == 200
+        for path in ("/readyz", "/metrics", "/v1/model", "/docs", "/openapi.json", "/v1/slides/" + "0" * 32):
+            assert anon.get(path).status_code == 401, path
+        assert anon.post("/v1/classify", content=b"x").status_code == 401
+        assert anon.get("/readyz", headers={"Authorization": "Bearer s3cret-tokem"}).status_code == 401
+        assert anon.get("/readyz", headers={"Authorization": "s3cret-token"}).status_code == 401
+        assert anon.get("/readyz", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+        assert s.client.get("/openapi.json").json()["info"]["title"] == "saganet"
+    finally:
+        assert s.stop(), s.log()
+
+
+def test_full_queue_answers_503_with_retry_after(tmp_path, tiles):
+    s = Server(DEMO_BUNDLE, tmp_path / "state", "--backend", "onnxruntime", "--max-batch", "4", "--max-queue-tiles", "4")
+    try:
+        many = np.concatenate([tiles, tiles])[:5]
+        r = s.client.post("/v1/classify?shape=5,224,224,3", content=many.tobytes(),
+                          headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        ok = s.client.post("/v1/classify?shape=4,224,224,3", content=many[:4].tobytes(),
+                           headers={"content-type": "application/octet-stream"})
+        assert ok.status_code == 200
+    finally:
+        s.stop()
+
+
+def _running(s, job_id, timeout=60):
+    return s.wait_job(job_id, states=("running", "done", "failed"), timeout=timeout, poll=0.005)
+
+
+def test_kill_9_during_a_slide_job_then_restart_completes_it(tmp_path, data_dir, server):
+    # The uninterrupted result, from the module's server.
+    ref = server.wait_job(server.client.post("/v1/slides", json={"path": SLIDE}).json()["id"])
+    state = tmp_path / "state"
+    a = Server(DEMO_BUNDLE, state, "--slide-root", data_dir / "wsi", "--backend", "onnxruntime")
+    job_id = a.client.post("/v1/slides", json={"path": SLIDE}).json()["id"]
+    second = a.client.post("/v1/slides", json={"path": SLIDE}).json()["id"]  # still queued at the kill
+    assert _running(a, job_id)["state"] == "running"
+    a.kill()
+    b = Server(DEMO_BUNDLE, state, "--slide-root", data_dir / "wsi", "--backend", "onnxruntime")
+    try:
+        assert "unfinished job(s) from before go back in the queue" in b.log()
+        for jid in (job_id, second):
+            job = b.wait_job(jid)
+            assert job["state"] == "done", job
+            assert job["call"] == ref["call"] and job["tiles"] == ref["tiles"]
+        gj = b.client.get(f"/v1/slides/{job_id}/geojson").json()
+        assert len(gj["features"]) == ref["tiles"]
+    finally:
+        b.stop()
+
+
+def test_sigterm_drains_and_leaves_the_job_resumable(tmp_path, data_dir):
+    state = tmp_path / "state"
+    a = Server(DEMO_BUNDLE, state, "--slide-root", data_dir / "wsi", "--backend", "onnxruntime")
+    ids = [a.client.post("/v1/slides", json={"path": SLIDE}).json()["id"] for _ in range(3)]
+    _running(a, ids[0])
+    t0 = time.time()
+    assert a.stop() and time.time() - t0 < 30
+    assert "unfinished slide jobs resume at the next start" in a.log()
+    b = Server(DEMO_BUNDLE, state, "--slide-root", data_dir / "wsi", "--backend", "onnxruntime")
+    try:
+        assert all(b.wait_job(i)["state"] == "done" for i in ids)
+    finally:
+        b.stop()
