@@ -273,3 +273,27 @@ def test_sigterm_drains_and_leaves_the_job_resumable(tmp_path, data_dir):
         assert all(b.wait_job(i)["state"] == "done" for i in ids)
     finally:
         b.stop()
+
+
+def test_confine_refuses_links_out_of_the_root(tmp_path, data_dir):
+    """Unit test of the path check against real links (the shared data folder is read-only)."""
+    from saganet.serve.security import Refused, confine
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "ok.svs").write_bytes(b"x")
+    outside = tmp_path / "secret.svs"
+    outside.write_bytes(b"x")
+    (root / "escape.svs").symlink_to(outside)
+    (root / "dir-escape").symlink_to(tmp_path)
+    (root / "inside-link.svs").symlink_to(root / "sub" / "ok.svs")
+    assert confine(root, "sub/ok.svs") == (root / "sub" / "ok.svs").resolve()
+    assert confine(root, "inside-link.svs") == (root / "sub" / "ok.svs").resolve()
+    for bad, status in (("escape.svs", 403), ("dir-escape/secret.svs", 403), ("sub/../../secret.svs", 422),
+                        (str(outside), 422), ("sub", 404), ("missing.svs", 404)):
+        with pytest.raises(Refused) as e:
+            confine(root, bad)
+        assert e.value.status == status, bad
+    with pytest.raises(Refused) as e:
+        confine(None, "sub/ok.svs")
+    assert e.value.status == 403 and "--slide-root" in e.value.message

@@ -77,7 +77,11 @@ class Engine:
         tiles = np.random.default_rng(0).integers(0, 256, (probe, t, t, 3), dtype=np.uint8)
         speed, loaded = {}, {}
         for name in usable:
-            run = _module(name).Backend(self.bundle, threads)
+            try:
+                run = _module(name).Backend(self.bundle, threads)
+            except Exception as e:  # one backend that fails to load must not stop the others
+                self.status[name] = f"failed to load: {type(e).__name__}: {e}"
+                continue
             prep = getattr(run, "preprocess", None) or (lambda x: preprocess_tiles(x, self.preprocessing))
 
             def classify():  # what classify costs with this backend: its preprocessing, then the network
@@ -89,6 +93,8 @@ class Engine:
                 classify()
             speed[name] = probe * repeats / (time.perf_counter() - t0)
             loaded[name] = run
+        if not speed:
+            raise EngineError(f"{self.bundle.path}: no backend could be loaded here: {self.status}")
         best = max(speed, key=speed.get)
         others = ", ".join(f"{b} {v:.0f}" for b, v in speed.items() if b != best)
         skipped = "; ".join(f"{b}: {self.status[b]}" for b in BACKENDS if self.status[b] is not None)
