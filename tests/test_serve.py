@@ -220,9 +220,20 @@ def test_auth_on_every_endpoint_but_healthz(tmp_path, data_dir):
         assert s.stop(), s.log()
 
 
-def test_full_queue_answers_503_with_retry_after(tmp_path, tiles):
-    s = Server(DEMO_BUNDLE, tmp_path / "state", "--backend", "onnxruntime", "--max-batch", "4", "--max-queue-tiles", "4")
+def test_full_queue_answers_503_and_big_uploads_413(tmp_path, tiles):
+    s = Server(DEMO_BUNDLE, tmp_path / "state", "--backend", "onnxruntime", "--max-batch", "4", "--max-queue-tiles", "4",
+               "--max-upload-mb", "1")
     try:
+        def chunked():  # no Content-Length: the limit must hold while the body streams in
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.svs"\r\n\r\n'
+            for _ in range(40):
+                yield b"x" * 65536
+            yield b"\r\n--b--\r\n"
+
+        r = s.client.post("/v1/slides", content=chunked(), headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 413 and "over the limit" in r.json()["error"]
+        assert s.client.post("/v1/slides", files={"file": ("big.svs", b"\x00" * (2 << 20))}).status_code == 413
+        assert not any((tmp_path / "state" / "uploads").iterdir())  # nothing half-written is kept
         many = np.concatenate([tiles, tiles])[:5]
         r = s.client.post("/v1/classify?shape=5,224,224,3", content=many.tobytes(),
                           headers={"content-type": "application/octet-stream"})

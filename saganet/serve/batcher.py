@@ -40,9 +40,10 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def close(self) -> None:
-        """Finish what is queued, then stop."""
-        while self.queued_tiles:
+    async def close(self, timeout: float = 60.0) -> None:
+        """Finish what is queued (for at most `timeout` seconds), then stop."""
+        deadline = time.monotonic() + timeout
+        while self.queued_tiles and time.monotonic() < deadline and self._task and not self._task.done():
             await asyncio.sleep(0.01)
         if self._task:
             self._task.cancel()
