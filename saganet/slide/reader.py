@@ -5,6 +5,7 @@ kinds: level-0 size, MPP when the file has it, a thumbnail, and square regions r
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,7 @@ PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 MAX_PLAIN_PIXELS = 178_956_970
 
 
-class Reader:
+class Reader(ABC):
     """One interface over slides and plain images. Coordinates are level-0 pixels."""
 
     path: Path
@@ -137,12 +138,13 @@ class Reader:
     mpp: float | None  # level-0 microns per pixel when the file says, else None
     kind: str
 
+    @abstractmethod
     def thumbnail(self, max_side: int = 1024) -> np.ndarray:
-        raise NotImplementedError
+        """uint8 RGB of the whole image, its longer side at most `max_side`."""
 
+    @abstractmethod
     def read(self, x: int, y: int, size0: int, out: int) -> np.ndarray:
         """uint8 RGB (out, out, 3) of the level-0 square [x, x+size0) x [y, y+size0)."""
-        raise NotImplementedError
 
     def close(self) -> None:
         pass
