@@ -156,3 +156,13 @@ def test_slide_call_weights_by_valid_area():
     assert call["tiles_used"] == 2 and call["class"] == "a"
     assert np.isclose(call["probs"]["a"], (0.9 * 0.9 + 0.2 * 0.1) / 1.0)
     assert slide_call(probs, np.zeros(3), ["a", "b"], 0.05)["class"] is None
+    assert "no tissue" in slide_call(np.zeros((0, 2)), np.zeros(0), ["a", "b"], 0.05)["reason"]
+
+
+def test_blank_image_gives_no_call_not_an_error(tmp_path, demo_bundle):
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((600, 700, 3), 255, np.uint8)).save(blank)
+    assert main(["predict", str(demo_bundle.path), str(blank), "--mpp", "0.5", "--out", str(tmp_path / "o"),
+                 "--backend", "torch"]) == 0
+    report = json.loads((tmp_path / "o" / "blank" / "report.json").read_text())
+    assert report["tiles"] == 0 and report["call"]["class"] is None and "no tissue" in report["call"]["reason"]

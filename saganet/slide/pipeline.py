@@ -44,6 +44,8 @@ class PredictConfig:
 def slide_call(probs: np.ndarray, valid: np.ndarray, class_names, min_valid: float) -> dict:
     """Slide-level probabilities: the mean of tile probabilities weighted by each tile's valid
     fraction, over tiles with at least `min_valid` valid area."""
+    if len(valid) == 0:
+        return {"class": None, "probs": None, "tiles_used": 0, "reason": "no tissue: no tile of the grid is tissue on the thumbnail"}
     used = valid >= min_valid
     if not used.any():
         return {"class": None, "probs": None, "tiles_used": 0,
@@ -78,6 +80,7 @@ def predict_slide(engine, path, out_dir, cfg: PredictConfig = PredictConfig(), o
         if grid.read_size < 1:
             raise SlideError(f"{path}: at {mpp} um/px a model tile is under one pixel; check --mpp")
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "report.json").unlink(missing_ok=True)  # an older report must not vouch for new outputs
         Image.fromarray(thumb).save(out_dir / "thumbnail.png")
         n, k = len(grid.cells), len(engine.class_names)
         probs, valid = np.zeros((n, k), np.float32), np.zeros(n, np.float32)
