@@ -40,3 +40,14 @@ def test_bad_slides_name_the_file(tmp_path, data_dir):
     with open_slide(data_dir / "wsi" / "cmu_small_region.svs") as s:
         with pytest.raises(SlideError, match="level 3 does not exist"):
             tissue_tiles(s, "cmu", 256, level=3)
+
+
+def test_plain_image_over_the_pixel_limit_is_refused_by_name(tmp_path):
+    from PIL import Image
+
+    from saganet.slide import open_reader
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (14000, 13000)).save(bomb)  # 182 Mpx, a few kB on disk
+    with pytest.raises(SlideError, match=r"bomb\.png: over the .*-pixel limit for plain images"):
+        open_reader(bomb)

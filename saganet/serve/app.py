@@ -3,6 +3,7 @@ the dynamic batcher, the job store and the metrics together."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -20,7 +21,7 @@ from .. import __version__
 from ..slide.pipeline import PredictConfig
 from ..slide.reader import SlideError, open_reader
 from .batcher import DynamicBatcher, QueueFull
-from .jobs import STATES, JobRunner, JobStore
+from .jobs import JobRunner, JobStore
 from .security import Refused, authorised, confine, decode_tile, json_object, raw_tiles, read_body, read_form, safe_name
 
 MB = 1 << 20
@@ -124,7 +125,6 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        route = request.scope.get("route")
         t0 = time.perf_counter()
         if s.token and request.url.path != "/healthz" and not authorised(request.headers.get("authorization"), s.token):
             response = JSONResponse({"error": "missing or wrong bearer token"}, 401, {"WWW-Authenticate": "Bearer"})
@@ -271,10 +271,10 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     async def slide_heatmap(job_id: str, cls: str):
         if cls not in engine.class_names:
             raise Refused(404, f"no class {cls!r}; classes: {', '.join(engine.class_names)}")
-        from ..slide.writers import _safe
-
-        return output(job_id, f"heatmap_{_safe(cls)}.png", "image/png")
+        job_or_404(job_id)
+        report = store.out_dir(job_id) / "report.json"
+        heatmaps = json.loads(report.read_text())["outputs"]["heatmaps"] if report.is_file() else {}
+        return output(job_id, heatmaps.get(cls, "heatmap-missing.png"), "image/png")
 
     app.state.store, app.state.batcher = store, batcher
-    assert set(STATES) == {"queued", "running", "done", "failed"}
     return app

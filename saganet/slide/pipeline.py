@@ -19,7 +19,7 @@ from PIL import Image
 
 from .reader import SlideError, open_reader, thumbnail_tissue
 from .tiler import tile_grid
-from .writers import GeoJSONWriter, TileTable, write_heatmaps, write_json
+from .writers import GeoJSONWriter, TileTable, file_part, write_heatmaps, write_json
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def _out_names(paths: list[Path]) -> list[str]:
     """One output folder name per slide: its stem, numbered when two slides share a stem."""
     names, seen = [], {}
     for p in paths:
-        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in p.stem) or "slide"
+        stem = file_part(p.stem, "slide")
         seen[stem] = seen.get(stem, 0) + 1
         names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return names

@@ -215,6 +215,8 @@ class ImageReader(Reader):
                     if im.size[0] * im.size[1] > MAX_PLAIN_PIXELS:
                         raise SlideError(f"{too_big} ({im.size[0]}x{im.size[1]})")
                     self.rgb = np.asarray(im.convert("RGB"))
+        except SlideError:
+            raise  # already says what is wrong (a SlideError is a ValueError: keep it out of the clause below)
         except Image.DecompressionBombError:
             raise SlideError(too_big) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -107,7 +107,7 @@ def write_heatmaps(out_dir: Path, thumb: np.ndarray, dimensions: tuple[int, int]
         value = np.where(tile >= 0, probs[np.maximum(tile, 0), k] if len(probs) else 0.0, 0.0)
         colour = cmap(value)[..., :3].astype(np.float32) * 255.0
         rgb = np.where(covered, 0.35 * grey + 0.65 * colour, grey)
-        path = out_dir / f"heatmap_{_safe(name)}.png"
+        path = out_dir / f"heatmap_{file_part(name)}.png"
         tmp = path.with_name(path.name + ".tmp")
         Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(tmp, format="PNG")
         os.replace(tmp, path)
@@ -115,6 +115,6 @@ def write_heatmaps(out_dir: Path, thumb: np.ndarray, dimensions: tuple[int, int]
     return written
 
 
-def _safe(name: str) -> str:
-    """A class name as a file-name part: letters, digits, '-', '_', '.' only."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "class"
+def file_part(name: str, default: str = "class") -> str:
+    """A name (class, slide stem) as a file-name part: letters, digits, '-', '_', '.' only."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or default
