@@ -6,6 +6,8 @@ import json
 import sys
 from dataclasses import replace
 
+from .semi import METHODS as SEMI_METHODS
+from .study import POOL_METHODS
 from .train import TrainConfig
 
 
@@ -14,7 +16,9 @@ def _train_config(a) -> TrainConfig:
                        seed=a.seed, batch_size=a.batch_size, crops_per_image=a.crops_per_image, lr=a.lr,
                        stain_norm=a.stain_norm, threads=a.threads,
                        val_fraction=getattr(a, "val_fraction", 0.0), patience=getattr(a, "patience", 8),
-                       pretrained=a.pretrained or "", freeze_backbone=getattr(a, "freeze_backbone", False))
+                       pretrained=a.pretrained or "", freeze_backbone=getattr(a, "freeze_backbone", False),
+                       semi=a.semi or ("fixmatch" if getattr(a, "unlabelled", None) and not getattr(a, "pool_methods", None) else ""),
+                       unlabelled_ratio=a.unlabelled_ratio, pseudo_threshold=a.pseudo_threshold)
 
 
 def _add_train_args(p, study: bool = False):
@@ -35,6 +39,15 @@ def _add_train_args(p, study: bool = False):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--pretrained", default=None,
                    help="backbone weights: a `saganet pretrain` encoder, or torchvision-layout ResNet weights (.pth or .safetensors)")
+    p.add_argument("--unlabelled", nargs="+", default=[], metavar="PATH",
+                   help="unlabelled images, slides or folders of them (anything `saganet pretrain` reads); "
+                        + ("added to every repeat's pool" if study else "train on them semi-supervised (--semi)"))
+    p.add_argument("--semi", default=None, choices=list(SEMI_METHODS),
+                   help="semi-supervised method for unlabelled images (default with --unlabelled: fixmatch)")
+    p.add_argument("--unlabelled-ratio", type=int, default=d.unlabelled_ratio,
+                   help="unlabelled crops per labelled crop in a training step (default %(default)s)")
+    p.add_argument("--pseudo-threshold", type=float, default=d.pseudo_threshold,
+                   help="confidence for a pseudo-label; 0 = the head's default: softmax 0.95, length gap 0.5")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=8)
     t.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: train only the gate and head")
     t.add_argument("--mask-dir", default=None, help="folder of user masks: <mask-dir>/<class>/<image>.png, non-zero = valid")
-    t.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images instead of stopping")
+    t.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images (labelled or not) instead of stopping")
+    t.add_argument("--pretrain-unlabelled", action="store_true",
+                   help="first pretrain the backbone on the --unlabelled sources (SimCLR, RUN/encoder.safetensors)")
     _add_train_args(t)
 
     e = sub.add_parser("eval", help="evaluate a run on labelled images")
@@ -71,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["saganet", "baseline", "no-gate", "no-length", "no-mask", "classic"])
     s.add_argument("--inits", nargs="+", default=["scratch"], choices=["scratch", "finetune", "frozen"],
                    help="backbone initialisations per deep variant; finetune/frozen use --pretrained")
+    s.add_argument("--pool-methods", nargs="+", default=[], choices=list(POOL_METHODS),
+                   help="also run each deep variant learning from an unlabelled pool split off the non-labelled "
+                        "images: in-domain pretraining, semi-supervised training, or both. Every row then uses "
+                        "the same pool/test split")
+    s.add_argument("--unlabelled-fraction", type=float, default=0.5,
+                   help="share of the non-labelled images that go to the pool; the rest is the test set (default %(default)s)")
+    s.add_argument("--pretrain-steps", type=int, default=150, help="SimCLR steps of in-domain pretraining per repeat (default %(default)s)")
     _add_train_args(s, study=True)
 
     from .pretrain import PretrainConfig
@@ -135,7 +157,7 @@ def main(argv=None) -> int:
             from .train import train_run
 
             m = train_run(args.data, args.out, _train_config(args), shots=args.shots, mask_dir=args.mask_dir,
-                          skip_bad=args.skip_bad)
+                          skip_bad=args.skip_bad, unlabelled=args.unlabelled, pretrain_unlabelled=args.pretrain_unlabelled)
             hist = m["history"]
             summary = {"train_seconds": m["train_seconds"], "train_images": m["train_images"],
                        "val_images": m["val_images"], "skipped_files": len(m["skipped_files"]),
@@ -152,7 +174,9 @@ def main(argv=None) -> int:
             from .study import run_study
 
             summary = run_study(args.data, args.out, args.shots, args.repeats, args.variants,
-                                replace(_train_config(args), val_fraction=0.0), inits=args.inits)
+                                replace(_train_config(args), val_fraction=0.0), inits=args.inits,
+                                pool_methods=args.pool_methods, unlabelled_fraction=args.unlabelled_fraction,
+                                unlabelled=args.unlabelled, pretrain_steps=args.pretrain_steps)
             print(open(f"{args.out}/results.md").read())
         elif args.command == "pretrain":
             from .pretrain import PretrainConfig, pretrain

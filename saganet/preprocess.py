@@ -53,10 +53,13 @@ class Preprocessing:
         t = torch.from_numpy(np.ascontiguousarray(rgb))
         if t.dim() == 3:
             t = t.unsqueeze(0)
-        t = t.permute(0, 3, 1, 2).float().div_(255.0)
+        return self.normalise(t.permute(0, 3, 1, 2).float().div_(255.0))
+
+    def normalise(self, rgb01: torch.Tensor) -> torch.Tensor:
+        """(N,3,H,W) RGB in [0,1] -> normalised with the channel mean and std."""
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (t - mean) / std
+        return (rgb01 - mean) / std
 
 
 def channel_stats(images: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:

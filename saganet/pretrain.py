@@ -17,18 +17,18 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from skimage.color import hed_from_rgb, rgb_from_hed
 from torch import nn
 
+from .atomic import atomic_write
+from .augment import brightness_contrast, hed_jitter_torch, random_blur
 from .data import IMAGE_EXTENSIONS, load_image
 from .model.backbone import ResNet, backbone_config
 from .slide import SlideError, is_slide, open_slide, read_rgb, tissue_tiles
@@ -44,6 +44,7 @@ class PretrainConfig:
     method: str = "simclr"
     backbone: str = "resnet-tiny"
     epochs: int = 30
+    steps: int = 0  # >0: overrides epochs with as many as it takes to reach about this many steps
     tile_size: int = 128  # tiles stored in the bank (px); views are cropped from them
     crop: int = 64  # view edge fed to the network (px)
     min_scale: float = 0.25  # smallest view side as a fraction of the tile: zoom range 0.5x-2x at defaults
@@ -94,8 +95,9 @@ def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
 
 
-def build_tile_bank(sources, cfg: PretrainConfig, log=print):
+def build_tile_bank(sources, cfg: PretrainConfig, log=print, skip_bad: bool = True):
     """uint8 (N, T, T, 3) tissue tiles, per-source records and skipped files (path, reason).
+    skip_bad=False: the first unreadable file raises ValueError naming it.
 
     Candidates are enumerated first (image crops at random positions, slide grid tiles on tissue)
     and, past max_tiles, subsampled uniformly, so that only kept tiles are read.
@@ -120,6 +122,8 @@ def build_tile_bank(sources, cfg: PretrainConfig, log=print):
                 candidates += [(len(records), "image", path, yx) for yx in pos]
                 records.append({"path": path, "kind": kind, "source": source, "candidates": k})
         except (ValueError, OSError) as e:  # ImageLoadError, SlideError, unreadable file
+            if not skip_bad:
+                raise ValueError(f"unlabelled source {e}") from None
             skipped.append({"path": path, "source": source, "error": str(e)})
             log(f"skipped {e}")
     if len(candidates) > cfg.max_tiles:
@@ -146,6 +150,8 @@ def build_tile_bank(sources, cfg: PretrainConfig, log=print):
                     if tile.shape[:2] != (t, t):  # image smaller than a tile: reflect-pad
                         tile = np.pad(tile, ((0, t - tile.shape[0]), (0, t - tile.shape[1]), (0, 0)), mode="reflect")
             except (ValueError, OSError) as e:
+                if not skip_bad:
+                    raise ValueError(f"unlabelled source {e}") from None
                 skipped.append({"path": path, "source": records[rec_i]["source"], "error": str(e)})
                 log(f"skipped {e}")
                 continue
@@ -163,34 +169,6 @@ def build_tile_bank(sources, cfg: PretrainConfig, log=print):
 
 
 # ---------------------------------------------------------------- augmentations (batched, torch)
-
-_HED_FROM_RGB = torch.tensor(hed_from_rgb, dtype=torch.float32)
-_RGB_FROM_HED = torch.tensor(rgb_from_hed, dtype=torch.float32)
-_LOG_ADJUST = -math.log(1e-6)  # skimage's rgb2hed scaling, so sigma/bias mean the same as stain.hed_jitter
-
-
-def hed_jitter_torch(x: torch.Tensor, gen: torch.Generator, sigma: float, bias: float = 0.01) -> torch.Tensor:
-    """x (B,3,H,W) RGB in [0,1]: scale and shift H, E, D per sample (skimage's colour deconvolution)."""
-    b = x.shape[0]
-    od = -torch.log(x.clamp_min(1e-6)) / _LOG_ADJUST
-    hed = torch.einsum("bchw,cd->bdhw", od, _HED_FROM_RGB)
-    alpha = 1 + sigma * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
-    beta = bias * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
-    od = torch.einsum("bdhw,dc->bchw", hed * alpha + beta, _RGB_FROM_HED)
-    return torch.exp(-od * _LOG_ADJUST).clamp(0, 1)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample separable Gaussian blur; sigma (B,) in pixels, 0 = unchanged."""
-    b, c, h, w = x.shape
-    r = torch.arange(-2, 3, dtype=x.dtype)
-    k = torch.exp(-(r[None] ** 2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, 5)
-    y = x.reshape(1, b * c, h, w)
-    y = F.conv2d(F.pad(y, (2, 2, 0, 0), mode="reflect"), k.view(b * c, 1, 1, 5), groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, 2, 2), mode="reflect"), k.view(b * c, 1, 5, 1), groups=b * c)
-    return y.view(b, c, h, w)
-
 
 def augment(tiles: torch.Tensor, cfg: PretrainConfig, gen: torch.Generator, mean, std) -> torch.Tensor:
     """uint8 tiles (B,T,T,3) -> one normalised random view each, (B,3,crop,crop)."""
@@ -211,14 +189,9 @@ def augment(tiles: torch.Tensor, cfg: PretrainConfig, gen: torch.Generator, mean
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if cfg.hed_sigma > 0:
         x = hed_jitter_torch(x, gen, cfg.hed_sigma)
-    bright = 1 + 0.15 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
-    contrast = 1 + 0.2 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
-    mu = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mu) * contrast + mu * bright).clamp(0, 1)
+    x = brightness_contrast(x, gen)
     if cfg.blur_p > 0:
-        sigma = torch.where(torch.rand(b, generator=gen) < cfg.blur_p, 0.1 + 0.9 * torch.rand(b, generator=gen),
-                            torch.zeros(b))
-        x = _gaussian_blur(x, sigma)
+        x = random_blur(x, gen, cfg.blur_p)
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
@@ -300,14 +273,8 @@ def summarise_sources(sources, records, skipped) -> list[dict]:
     return out
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = Path(str(path) + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_encoder(path: Path, backbone: ResNet) -> None:
-    _atomic(path, lambda p: save_file({k: v.detach().contiguous() for k, v in backbone.state_dict().items()}, str(p)))
+    atomic_write(path, lambda p: save_file({k: v.detach().contiguous() for k, v in backbone.state_dict().items()}, str(p)))
 
 
 def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=print, progress: bool = True) -> dict:
@@ -337,6 +304,8 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
     params = [p for name, p in model.named_parameters() if not name.startswith("target.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = n // batch
+    if cfg.steps:
+        cfg = replace(cfg, epochs=max(cfg.warmup_epochs + 1, math.ceil(cfg.steps / steps_per_epoch)))
     total, warm = steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
@@ -394,7 +363,7 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch + 1, "history": json.dumps(history), "seconds": seconds,
                  "fingerprint": json.dumps(fingerprint)}
-        _atomic(ckpt, lambda p: torch.save(state, p))
+        atomic_write(ckpt, lambda p: torch.save(state, p))
         log(json.dumps(rec))  # after the checkpoint: a logged epoch is a saved epoch
     if bar is not None:
         bar.close()
@@ -406,6 +375,6 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
             "batch_size": batch, "steps": total, "train_seconds": round(seconds, 1),
             "train_hours": round(seconds / 3600, 4), "normalisation": {"mean": mean, "std": std},
             "torch": torch.__version__, "threads": torch.get_num_threads(), "history": history}
-    _atomic(card_path(out), lambda p: p.write_text(json.dumps(card, indent=2)))
+    atomic_write(card_path(out), lambda p: p.write_text(json.dumps(card, indent=2)))
     log(f"wrote {out} and {card_path(out)} ({seconds / 60:.1f} min of training)")
     return card

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .classic import classic_features, classic_probs, fit_classic
 from .data import load_dataset, load_images
 from .evaluate import classification_metrics, predict
 from .preprocess import Preprocessing, channel_stats
-from .train import TrainConfig, fit, prepare_images
+from .train import TrainConfig, fit, prepare_images, pretrain_on
+from .unlabelled import load_unlabelled
 
 DEEP_VARIANTS = ("saganet", "baseline", "no-gate", "no-length", "no-mask")
 
@@ -70,28 +72,79 @@ def draw_split(labels: np.ndarray, patients: list[str] | None, shots: int, repea
     return train, test
 
 
+def draw_pool_split(labels: np.ndarray, patients: list[str] | None, max_shots: int, repeat: int,
+                    unlabelled_fraction: float) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The protocol with an unlabelled pool, for one repeat: ({shots: labelled indices}, pool, test).
+
+    Each class's images are shuffled once per repeat; the labelled images of N shots are the first N
+    of that order (so 10 shots are inside 20 shots), and the images after the first `max_shots` are
+    split, stratified, into the pool (`unlabelled_fraction` of them) and the test set. Pool and test
+    are the same for every shot count of the repeat, so one pretraining serves all of them. With
+    patients, test patients are tested whole (as in `draw_split`) and the pool is every non-labelled
+    image of the training patients: pool and test never share a patient.
+    """
+    if not 0 < unlabelled_fraction < 1:
+        raise ValueError(f"--unlabelled-fraction must be between 0 and 1 (exclusive), got {unlabelled_fraction}")
+    rng = np.random.default_rng([repeat, max_shots, 2026])
+    if patients:
+        train_ref, test = draw_split(labels, patients, max_shots, repeat)
+        train_p = {patients[i] for i in train_ref}
+        eligible = np.array([p in train_p for p in patients])
+    else:
+        eligible, test = np.ones(len(labels), bool), []
+    shots_order, pool, test = {}, [], list(test)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(eligible & (labels == c)))
+        if len(idx) < max_shots + (0 if patients else 2):
+            raise ValueError(f"class {c} has only {len(idx)} eligible images: too few for {max_shots} shots "
+                             f"plus a pool and a test set")
+        shots_order[c], rest = idx[:max_shots], idx[max_shots:]
+        if patients:
+            pool.extend(rest.tolist())
+        else:
+            k = min(len(rest) - 1, max(1, int(round(unlabelled_fraction * len(rest)))))
+            pool.extend(rest[:k].tolist())
+            test.extend(rest[k:].tolist())
+    labelled = {n: np.array(sorted(i for c in shots_order for i in shots_order[c][:n]))
+                for n in range(1, max_shots + 1)}
+    return labelled, np.array(sorted(pool)), np.array(sorted(test))
+
+
 INITS = ("scratch", "finetune", "frozen")
+POOL_METHODS = ("pretrain", "semi", "pretrain+semi")  # rows that learn from the unlabelled pool
 
 
-def run_labels(variants, inits) -> list[tuple[str, str, str]]:
-    """(label, variant, init) for every run of a repeat; deep variants x inits, classic once.
+def run_labels(variants, inits, pool_methods=()) -> list[tuple[str, str, str, str]]:
+    """(label, variant, init, pool method) for every run of a repeat; classic once.
 
-    Labels: `saganet` (from scratch), `saganet+finetune`, `saganet+frozen`, `classic`."""
+    Labels: `saganet` (from scratch), `saganet+finetune`, `saganet+frozen` (outside encoder),
+    `saganet+pretrain`, `saganet+semi`, `saganet+pretrain+semi` (the unlabelled pool), `classic`."""
     out = []
     for v in variants:
-        for init in (["scratch"] if v == "classic" else inits):
+        if v == "classic":
+            out.append(("classic", v, "scratch", ""))
+            continue
+        for init in inits:
             if init not in INITS:
                 raise ValueError(f"unknown init {init!r}; choose from {INITS}")
-            out.append((v if init == "scratch" else f"{v}+{init}", v, init))
+            out.append((v if init == "scratch" else f"{v}+{init}", v, init, ""))
+        for pm in pool_methods:
+            if pm not in POOL_METHODS:
+                raise ValueError(f"unknown pool method {pm!r}; choose from {POOL_METHODS}")
+            out.append((f"{v}+{pm}", v, "scratch", pm))
     return out
 
 
-def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scratch",), log=print) -> dict:
+def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scratch",), pool_methods=(),
+              unlabelled_fraction: float = 0.5, unlabelled=(), pretrain_steps: int = 150, log=print) -> dict:
+    """Every run of the study; with pool_methods, the protocol of `draw_pool_split` for every row."""
     if any(i != "scratch" for i in inits) and not cfg.pretrained:
         raise ValueError("inits finetune/frozen need an encoder (--pretrained)")
     if cfg.stain_norm:
         raise ValueError("the study prepares every image once and does not support --stain-norm; "
                          "compare stain normalisation with saganet train/eval")
+    if unlabelled and not pool_methods:
+        raise ValueError("--unlabelled adds to the pool of --pool-methods; name at least one")
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     samples, class_names = load_dataset(data)
@@ -104,17 +157,24 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
     log(f"{data}: {len(samples)} images, classes {class_names}, patients {sorted(set(patients)) if patients else 'unknown'}; "
         f"prepared in {time.time() - t_prep:.0f}s; mean valid fraction {np.mean([m.mean() for m in masks]):.2f}")
     feats = None
-    runs = run_labels(variants, inits)
+    runs = run_labels(variants, inits, pool_methods)
     meta = {"data": str(data), "class_names": class_names, "train_config": cfg.to_dict(), "skipped_files": bad,
-            "inits": list(inits),
+            "inits": list(inits), "pool_methods": list(pool_methods),
+            "unlabelled_fraction": unlabelled_fraction if pool_methods else None,
+            "unlabelled_sources": [str(u) for u in unlabelled], "pretrain_steps": pretrain_steps,
             "patient_split": bool(patients), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}"}
-    (out / "study_config.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(out / "study_config.json", json.dumps(meta, indent=2))
     t_study = time.time()
     total, k = len(shots) * repeats * len(runs), 0
-    for n in shots:
-        for r in range(repeats):
-            train, test = draw_split(labels, patients, n, r)
-            for label, v, init in runs:
+    for r in range(repeats):
+        pool_paths, pool_images = [], None
+        if pool_methods:
+            labelled, pool, test = draw_pool_split(labels, patients, max(shots), r, unlabelled_fraction)
+            # The pool leaves here as paths: whatever trains on it cannot see a label.
+            pool_paths = [samples[i].path for i in pool] + [str(u) for u in unlabelled]
+        for n in shots:
+            train, test = (labelled[n], test) if pool_methods else draw_split(labels, patients, n, r)
+            for label, v, init, pm in runs:
                 k += 1
                 path = out / "runs" / f"{n}shot_r{r}_{label}.json"
                 if path.is_file():
@@ -129,19 +189,26 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
                 else:
                     mean, std = channel_stats([imgs[i] for i in train])
                     prep = replace(base, mean=mean, std=std)
-                    run_cfg = replace(cfg, variant=v, seed=r, pretrained=cfg.pretrained if init != "scratch" else "",
-                                      freeze_backbone=init == "frozen")
+                    pretrained = cfg.pretrained if init != "scratch" else ""
+                    if "pretrain" in pm:
+                        pretrained = str(pretrain_on(pool_paths, out / "encoders" / f"r{r}.safetensors",
+                                                     replace(cfg, seed=r), steps=pretrain_steps, log=log))
+                    unl = None
+                    if "semi" in pm:
+                        if pool_images is None:
+                            pool_images = prepare_images(load_unlabelled(pool_paths, log=log)[0], base)
+                        unl = pool_images
+                    run_cfg = replace(cfg, variant=v, seed=r, pretrained=pretrained, freeze_backbone=init == "frozen",
+                                      semi="fixmatch" if unl is not None else "")
                     model, _ = fit([imgs[i] for i in train], [masks[i] for i in train], labels[train], class_names,
-                                   run_cfg, prep, log=lambda m: None, progress=False)
+                                   run_cfg, prep, log=lambda m: None, progress=False, unlabelled=unl)
                     probs = predict(model, prep, [imgs[i] for i in test], [masks[i] for i in test])
                 m = classification_metrics(labels[test], probs, class_names)
                 rec = {"shots": n, "repeat": r, "variant": label, "seconds": round(time.time() - t0, 1),
-                       "train_images": len(train), "test_images": len(test), **m}
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(rec, indent=2))
-                os.replace(tmp, path)
+                       "train_images": len(train), "test_images": len(test), "pool_images": len(pool_paths), **m}
+                atomic_write_text(path, json.dumps(rec, indent=2))
                 log(f"[{k}/{total}] {n} shots, repeat {r}, {label}: balanced accuracy {m['balanced_accuracy']:.3f} ({rec['seconds']}s)")
-    summary = summarise(out, shots, [label for label, _, _ in runs])
+    summary = summarise(out, shots, [label for label, _, _, _ in runs])
     summary["wall_seconds_this_invocation"] = round(time.time() - t_study, 1)
     return summary
 
@@ -183,7 +250,7 @@ def summarise(out, shots, variants) -> dict:
                                    "minus_reference_std": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
                                    "wins": int((d > 0).sum()), "losses": int((d < 0).sum())})
     summary = {"table": list(table.values()), "paired": paired, "runs": runs}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     lines = ["| shots | variant | repeats | balanced acc. (mean +- std) | accuracy | macro-F1 | test images | s/run |",
              "|---|---|---|---|---|---|---|---|"]
     for row in table.values():
@@ -197,7 +264,7 @@ def summarise(out, shots, variants) -> dict:
                   "| shots | variant | minus | mean +- std | wins / losses |", "|---|---|---|---|---|"]
         lines += [f"| {p['shots']} | {p['variant']} | {p['reference']} | {p['minus_reference_mean']:+.3f} +- {p['minus_reference_std']:.3f} | "
                   f"{p['wins']} / {p['losses']} |" for p in paired]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     _plot(table, out / "results.png")
     return summary
 

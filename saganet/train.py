@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -13,6 +12,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import semi
+from .atomic import atomic_write, atomic_write_text
 from .data import load_dataset, load_images, user_masks
 from .evaluate import classification_metrics, predict
 from .model import SagaNet, load_torchvision_weights, saganet_loss, variant_config
@@ -45,6 +46,11 @@ class TrainConfig:
     pretrained: str = ""  # backbone weights to start from: a `saganet pretrain` encoder or torchvision-layout file
     freeze_backbone: bool = False  # train only gate and head on a pretrained backbone (BN statistics still adapt)
     model_overrides: dict = field(default_factory=dict)  # any ModelConfig field, e.g. {"mask_floor": 0.0}
+    semi: str = ""  # "" = labelled images only; "fixmatch" = also learn from unlabelled images (saganet/semi.py)
+    unlabelled_ratio: int = 1  # unlabelled crops per labelled crop in a step (FixMatch's mu)
+    unlabelled_weight: float = 1.0  # weight of the unlabelled term (FixMatch's lambda_u)
+    pseudo_threshold: float = 0.0  # confidence needed for a pseudo-label; 0 = the head's default (semi.py)
+    strong_hed_sigma: float = 0.2  # stain jitter of FixMatch's strong view
     mask: MaskConfig = field(default_factory=MaskConfig)
 
     def to_dict(self) -> dict:
@@ -95,17 +101,26 @@ def balanced_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
     return rng.choice(len(labels), size=n, replace=True, p=p / p.sum())
 
 
+# Random streams of an epoch, besides the labelled crops' (seed, epoch): named so no two collide.
+UNLABELLED_STREAM = 17
+
+
 def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessing, val=None,
-        checkpoint: Path | None = None, log=print, progress: bool = True):
+        checkpoint: Path | None = None, log=print, progress: bool = True, unlabelled=None):
     """Train a model on prepared (uint8, scaled) images with boolean masks.
 
     val: optional (images, masks, labels) for early stopping on balanced accuracy.
+    unlabelled: optional (images, masks) without labels, used by cfg.semi.
     checkpoint: file to save after every epoch and to resume from if present.
     Returns (model, history).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     labels = np.asarray(labels)
+    if cfg.semi and cfg.semi not in semi.METHODS:
+        raise ValueError(f"unknown semi-supervised method {cfg.semi!r}; choose from {semi.METHODS}")
+    if bool(cfg.semi) != (unlabelled is not None and len(unlabelled[0]) > 0):
+        raise ValueError("semi-supervised training needs unlabelled images, and unlabelled images need a method (--semi)")
     mcfg = variant_config(cfg.variant, num_classes=len(class_names), backbone=cfg.backbone, **cfg.model_overrides)
     _seed_everything(cfg.seed)
     model = SagaNet(mcfg)
@@ -157,11 +172,23 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
         model.train()
         order = balanced_indices(labels, steps_per_epoch * cfg.batch_size, rng)
         t0, sums = time.time(), {"loss": 0.0, "class_loss": 0.0, "agreement_loss": 0.0}
+        if cfg.semi:
+            # A separate stream: the labelled crops stay those of the labelled-only run.
+            rng_u = np.random.default_rng([cfg.seed, epoch, UNLABELLED_STREAM])
+            gen_u = torch.Generator().manual_seed(cfg.seed * 100003 + epoch * 7 + UNLABELLED_STREAM)
+            sums.update(unlabelled_loss=0.0, confident=0.0)
         for s in range(steps_per_epoch):
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             x, m, y = _random_crop_batch(images, masks, labels, idx, cfg.crop, rng, cfg.hed_sigma)
             out = model(prep.to_tensor(x), torch.from_numpy(m).unsqueeze(1).float())
             losses = saganet_loss(out, y, mcfg.loss)
+            if cfg.semi:
+                u_idx = rng_u.integers(0, len(unlabelled[0]), cfg.unlabelled_ratio * len(idx))
+                u = semi.fixmatch_loss(model, prep, unlabelled[0], unlabelled[1], u_idx, cfg.crop, rng_u, gen_u,
+                                       mcfg.loss, cfg.pseudo_threshold or semi.DEFAULT_THRESHOLD[mcfg.head],
+                                       cfg.strong_hed_sigma)
+                losses["loss"] = losses["loss"] + cfg.unlabelled_weight * u["loss"]
+                losses.update(unlabelled_loss=u["loss"], confident=u["confident"])
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
@@ -191,7 +218,7 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
                      "patience_left": patience_left, "stopped": stopped}
             if best is not None:
                 state["best"] = best
-            _atomic_torch_save(state, checkpoint)
+            atomic_write(checkpoint, lambda p: torch.save(state, p))
         if stopped:
             log(f"early stop after epoch {epoch + 1}: best validation balanced accuracy {best['score']:.3f} at epoch {best['epoch']}")
             break
@@ -201,6 +228,18 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
         model.load_state_dict(best["model"])
     model.eval()
     return model, history
+
+
+def pretrain_on(sources, encoder: Path, cfg: TrainConfig, steps: int = 150, log=print) -> Path:
+    """In-domain self-supervised pretraining (SimCLR, `saganet pretrain`'s defaults) on unlabelled
+    sources, for about `steps` steps; resumable, and skipped when the encoder is already there."""
+    from .pretrain import PretrainConfig, pretrain
+
+    encoder = Path(encoder)
+    if not encoder.is_file():
+        pretrain(sources, encoder, PretrainConfig(backbone=cfg.backbone, steps=steps, seed=cfg.seed, threads=cfg.threads),
+                 log=log, progress=False)
+    return encoder
 
 
 def load_backbone(model: SagaNet, cfg: TrainConfig, log=print) -> None:
@@ -214,18 +253,6 @@ def load_backbone(model: SagaNet, cfg: TrainConfig, log=print) -> None:
     ignored = load_torchvision_weights(model.backbone, cfg.pretrained)
     what = f"{card['method']} encoder, {card['tiles']} tiles, {card['train_hours']} h" if card else "no pretrain card"
     log(f"loaded backbone weights from {cfg.pretrained} ({what}; {len(ignored)} keys ignored)")
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def prepare_images(images, prep: Preprocessing, given_masks=None, names=None):
@@ -255,13 +282,12 @@ def make_preprocessing(train_images_raw, cfg: TrainConfig) -> Preprocessing:
 
 def save_run(run_dir: Path, model: SagaNet, class_names, prep: Preprocessing, cfg: TrainConfig, metrics: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "weights.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, run_dir / "weights.safetensors")
+    atomic_write(run_dir / "weights.safetensors",
+                 lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p)))
     config = {"format_version": FORMAT_VERSION, "class_names": list(class_names), "model": model.config.to_dict(),
               "preprocessing": prep.to_dict(), "train": cfg.to_dict()}
-    _atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
-    _atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
 
 
 def load_run(run_dir) -> tuple[SagaNet, dict, Preprocessing]:
@@ -299,8 +325,11 @@ def split_validation(labels, fraction: float, seed: int):
 
 
 def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=None, skip_bad=False,
-              log=print) -> dict:
-    """The `saganet train` command: DATA -> RUN directory. Returns the metrics dict."""
+              unlabelled=(), pretrain_unlabelled: bool = False, log=print) -> dict:
+    """The `saganet train` command: DATA -> RUN directory. Returns the metrics dict.
+
+    unlabelled: images, slides or folders without labels; with cfg.semi they join training, and with
+    pretrain_unlabelled the backbone is first pretrained on them (RUN/encoder.safetensors)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     logf = open(out / "train.log", "a")
@@ -328,13 +357,25 @@ def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=No
                   else (np.arange(len(labels)), np.array([], dtype=int)))
         prep = make_preprocessing([raw[i] for i in tr], cfg)
         imgs, masks = prepare_images(raw, prep, given, names=[s.path for s in samples])
+        pool, pool_skipped = None, []
+        if unlabelled:
+            from .unlabelled import load_unlabelled
+
+            pool_raw, pool_skipped = load_unlabelled(unlabelled, skip_bad=skip_bad, log=both)
+            pool = prepare_images(pool_raw, prep)
+            both(f"{len(pool_raw)} unlabelled images or slide tiles ({len(pool_skipped)} sources skipped)")
+            if pretrain_unlabelled:
+                cfg = replace(cfg, pretrained=str(pretrain_on(unlabelled, out / "encoder.safetensors", cfg, log=both)))
+        elif cfg.semi or pretrain_unlabelled:
+            raise ValueError("--semi and --pretrain-unlabelled need unlabelled sources (--unlabelled PATH...)")
         both(f"training {cfg.variant} on {len(tr)} images ({len(va)} held out for validation), classes {class_names}")
         val = ([imgs[i] for i in va], [masks[i] for i in va], labels[va]) if len(va) else None
         t0 = time.time()
         model, history = fit([imgs[i] for i in tr], [masks[i] for i in tr], labels[tr], class_names, cfg, prep,
-                             val=val, checkpoint=out / "checkpoint.pt", log=both)
+                             val=val, checkpoint=out / "checkpoint.pt", log=both, unlabelled=pool if cfg.semi else None)
         metrics = {"train_seconds": round(time.time() - t0, 1), "history": history, "train_images": len(tr),
-                   "val_images": len(va), "skipped_files": bad,
+                   "val_images": len(va), "skipped_files": bad, "unlabelled_images": len(pool[0]) if pool else 0,
+                   "skipped_unlabelled": pool_skipped,
                    "train_files": [samples[i].path for i in tr], "val_files": [samples[i].path for i in va]}
         save_run(out, model, class_names, prep, cfg, metrics)
         both(f"wrote {out}/weights.safetensors, config.json, metrics.json")

@@ -10,7 +10,8 @@ from skimage.color import hed2rgb, rgb2hed
 
 from shared_data import few_per_class
 from saganet.cli import main
-from saganet.pretrain import PretrainConfig, augment, build_tile_bank, hed_jitter_torch, pretrain, read_card
+from saganet.augment import hed_jitter_torch
+from saganet.pretrain import PretrainConfig, augment, build_tile_bank, pretrain, read_card
 from saganet.study import run_study
 from saganet.train import TrainConfig, fit, make_preprocessing, prepare_images
 

@@ -45,16 +45,28 @@ def agreement_loss(gate: torch.Tensor, mask: torch.Tensor, kind: str = "outside"
     raise ValueError(f"unknown agreement term {kind!r}; use 'outside' or 'bce'")
 
 
-def saganet_loss(out: dict, target: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+def class_loss(scores: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """The classification term alone: margin loss on lengths, or cross-entropy on logits."""
     if cfg.kind == "margin":
-        cls = margin_loss(out["scores"], target, cfg.m_plus, cfg.m_minus, cfg.lam)
-    elif cfg.kind == "ce":
-        cls = F.cross_entropy(out["scores"], target, label_smoothing=cfg.label_smoothing)
-    else:
-        raise ValueError(f"unknown loss {cfg.kind!r}; use 'margin' or 'ce'")
-    total = cls
-    agree = torch.zeros((), device=cls.device)
+        return margin_loss(scores, target, cfg.m_plus, cfg.m_minus, cfg.lam)
+    if cfg.kind == "ce":
+        return F.cross_entropy(scores, target, label_smoothing=cfg.label_smoothing)
+    raise ValueError(f"unknown loss {cfg.kind!r}; use 'margin' or 'ce'")
+
+
+def gate_agreement(out: dict, cfg: LossConfig) -> torch.Tensor | None:
+    """The agreement term when the model has a gate and the term is on; None otherwise. Needs no label."""
     if cfg.agreement_weight > 0 and out.get("gate") is not None and out.get("has_gate"):
-        agree = agreement_loss(out["gate"], out["mask"], cfg.agreement)
+        return agreement_loss(out["gate"], out["mask"], cfg.agreement)
+    return None
+
+
+def saganet_loss(out: dict, target: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    cls = class_loss(out["scores"], target, cfg)
+    total = cls
+    agree = gate_agreement(out, cfg)
+    if agree is not None:
         total = cls + cfg.agreement_weight * agree
+    else:
+        agree = torch.zeros((), device=cls.device)
     return {"loss": total, "class_loss": cls.detach(), "agreement_loss": agree.detach()}

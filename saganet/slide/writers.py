@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write, atomic_write_text
+
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 class _Streamed:
@@ -108,9 +108,8 @@ def write_heatmaps(out_dir: Path, thumb: np.ndarray, dimensions: tuple[int, int]
         colour = cmap(value)[..., :3].astype(np.float32) * 255.0
         rgb = np.where(covered, 0.35 * grey + 0.65 * colour, grey)
         path = out_dir / f"heatmap_{file_part(name)}.png"
-        tmp = path.with_name(path.name + ".tmp")
-        Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+        atomic_write(path, lambda p: image.save(p, format="PNG"))
         written[name] = path.name
     return written
 
