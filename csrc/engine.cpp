@@ -153,6 +153,9 @@ Engine::Engine(const std::string& bundle_dir, int threads) : impl_(std::make_uni
   b.mask.tissue_od = float(field<double>(mc, "tissue_od", mpath));
   b.mask.focus_window = field<int>(mc, "focus_window", mpath);
   b.mask.focus_min = float(field<double>(mc, "focus_min", mpath));
+  // Bundles made before the adaptive focus threshold have neither field: the fixed focus_min.
+  b.mask.focus_relative = float(mc.value("focus_relative", 0.0));
+  b.mask.focus_floor = float(mc.value("focus_floor", 0.0));
   b.mask.nuclei_threshold = field<double>(mc, "nuclei_threshold", mpath);
   b.mask.cell_window = field<int>(mc, "cell_window", mpath);
   b.mask.cell_density_min = float(field<double>(mc, "cell_density_min", mpath));

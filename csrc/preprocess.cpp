@@ -9,6 +9,7 @@
 // Built with -ffp-contract=off: numpy rounds every multiply and add, so must we.
 #include "preprocess.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -97,6 +98,22 @@ const Tables& tables() {
 constexpr double kHaem[3] = {1.8779827368521356, -0.06590806222356334, -0.6019073634392891};
 constexpr float kGrey[3] = {0.299f, 0.587f, 0.114f};
 
+// saganet.tissue.focus_threshold: min(focus_min, focus_relative * the k-th smallest tissue energy,
+// k = floor(0.75 (n - 1))), at least focus_floor; all in float32 like numpy.
+float focus_threshold(const std::vector<float>& energy, const std::vector<uint8_t>& tissue, const MaskConfig& c) {
+  if (!(c.focus_relative > 0)) return c.focus_min;
+  std::vector<float> values;
+  for (size_t i = 0; i < energy.size(); ++i)
+    if (tissue[i]) values.push_back(energy[i]);
+  float ref = 0.0f;
+  if (!values.empty()) {
+    const size_t k = size_t(0.75 * double(values.size() - 1));
+    std::nth_element(values.begin(), values.begin() + k, values.end());
+    ref = values[k];
+  }
+  return std::max(c.focus_floor, std::min(c.focus_min, c.focus_relative * ref));
+}
+
 }  // namespace
 
 void valid_area_mask(const uint8_t* rgb, int h, int w, const MaskConfig& c, uint8_t* valid) {
@@ -125,9 +142,10 @@ void valid_area_mask(const uint8_t* rgb, int h, int w, const MaskConfig& c, uint
   std::vector<uint8_t> m(n);
   for (size_t i = 0; i < n; ++i) {
     const uint8_t* p = rgb + 3 * i;
-    const bool tissue = (t.od[p[0]] + t.od[p[1]]) + t.od[p[2]] > c.tissue_od;
-    m[i] = tissue && energy[i] > c.focus_min && nuclei[i] > c.cell_density_min;
+    m[i] = (t.od[p[0]] + t.od[p[1]]) + t.od[p[2]] > c.tissue_od;
   }
+  const float focus_min = focus_threshold(energy, m, c);
+  for (size_t i = 0; i < n; ++i) m[i] = m[i] && energy[i] > focus_min && nuclei[i] > c.cell_density_min;
   if (c.min_region > 0) {
     remove_small(m, h, w, 1, c.min_region);  // small objects
     remove_small(m, h, w, 0, c.min_region);  // small holes

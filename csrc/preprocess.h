@@ -12,6 +12,8 @@ struct MaskConfig {
   float tissue_od = 0.3f;
   int focus_window = 15;
   float focus_min = 0.004f;
+  float focus_relative = 0.1f;  // 0 = the fixed focus_min of bundles made before the adaptive threshold
+  float focus_floor = 0.00025f;
   double nuclei_threshold = 0.05;  // "otsu" is not supported here: the engine refuses such bundles
   int cell_window = 21;
   float cell_density_min = 0.05f;

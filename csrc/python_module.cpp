@@ -55,6 +55,8 @@ saganet::MaskConfig mask_config(const py::dict& d) {
     if (key == "tissue_od") c.tissue_od = item.second.cast<float>();
     else if (key == "focus_window") c.focus_window = item.second.cast<int>();
     else if (key == "focus_min") c.focus_min = item.second.cast<float>();
+    else if (key == "focus_relative") c.focus_relative = item.second.cast<float>();
+    else if (key == "focus_floor") c.focus_floor = item.second.cast<float>();
     else if (key == "nuclei_threshold") {
       if (!py::isinstance<py::float_>(item.second) && !py::isinstance<py::int_>(item.second))
         throw py::value_error("nuclei_threshold must be a number in the C++ preprocessing ('otsu' is Python-only)");

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from .semi import METHODS as SEMI_METHODS
 from .study import POOL_METHODS
+from .tissue import MaskConfig
 from .train import TrainConfig
 
 
@@ -18,7 +19,8 @@ def _train_config(a) -> TrainConfig:
                        val_fraction=getattr(a, "val_fraction", 0.0), patience=getattr(a, "patience", 8),
                        pretrained=a.pretrained or "", freeze_backbone=getattr(a, "freeze_backbone", False),
                        semi=a.semi or ("fixmatch" if getattr(a, "unlabelled", None) and not getattr(a, "pool_methods", None) else ""),
-                       unlabelled_ratio=a.unlabelled_ratio, pseudo_threshold=a.pseudo_threshold)
+                       unlabelled_ratio=a.unlabelled_ratio, pseudo_threshold=a.pseudo_threshold,
+                       mask=MaskConfig(focus_relative=a.mask_focus_relative))
 
 
 def _add_train_args(p, study: bool = False):
@@ -39,6 +41,9 @@ def _add_train_args(p, study: bool = False):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--pretrained", default=None,
                    help="backbone weights: a `saganet pretrain` encoder, or torchvision-layout ResNet weights (.pth or .safetensors)")
+    p.add_argument("--mask-focus-relative", type=float, default=MaskConfig().focus_relative,
+                   help="valid-area mask: focus threshold as a share of the image's own 75th-percentile sharpness "
+                        "(adapts to magnification); 0 = the fixed floor used before (default %(default)s)")
     p.add_argument("--unlabelled", nargs="+", default=[], metavar="PATH",
                    help="unlabelled images, slides or folders of them (anything `saganet pretrain` reads); "
                         + ("added to every repeat's pool" if study else "train on them semi-supervised (--semi)"))

@@ -1,8 +1,17 @@
 """Valid-area mask: which pixels of an H&E image are diagnostically usable.
 
 A pixel is valid when it is (1) tissue, not glass or fat (optical density above a floor),
-(2) in focus (local gradient energy above a floor), and (3) near cells (local density of
-haematoxylin-stained nuclei above a floor). A threshold on haematoxylin alone marks about half of
+(2) in focus (local gradient energy above a threshold), and (3) near cells (local density of
+haematoxylin-stained nuclei above a floor).
+
+The focus threshold adapts to the image: gradient energy per pixel falls with the square of the
+magnification (a 2x larger image of the same tissue has a quarter of the energy), so a fixed floor
+tuned at one magnification marks nearly nothing in focus at four times it. The threshold is
+`focus_relative` times the image's own 75th percentile of tissue energy (what "sharp" means in this
+image), capped above by `focus_min` (the floor calibrated on the shared sets at 0.5-2 um/px) and
+held below by `focus_floor` (so a uniformly blurred image is still rejected, down to a quarter of the
+calibrated sharpness: 4x magnification). `focus_relative=0` is the fixed floor of bundles made before
+this existed. A threshold on haematoxylin alone marks about half of
 every cell-dense image and separates nothing; the three criteria together reject glass, fat,
 blur, and acellular debris or mucin, which are what the masking mechanism must keep the network away from.
 
@@ -25,7 +34,9 @@ class MaskConfig:
 
     tissue_od: float = 0.3  # summed RGB optical density below this is glass or fat
     focus_window: int = 15  # window (px) over which gradient energy is averaged
-    focus_min: float = 0.004  # mean squared gradient (grey in [0,1]) below this is blur or flat
+    focus_min: float = 0.004  # mean squared gradient (grey in [0,1]) above this is always in focus
+    focus_relative: float = 0.1  # threshold = this x the image's 75th percentile of tissue energy, if lower; 0 = fixed focus_min
+    focus_floor: float = 0.00025  # ... but never below this (focus_min / 16)
     nuclei_threshold: str | float = 0.05  # haematoxylin OD threshold: a number, or "otsu"
     cell_window: int = 21  # window (px) over which nuclear density is measured
     cell_density_min: float = 0.05  # fraction of nuclear pixels in the window needed to count as cellular
@@ -36,7 +47,10 @@ class MaskConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "MaskConfig":
-        return cls(**(d or {}))
+        d = dict(d or {})
+        if "focus_min" in d and "focus_relative" not in d:  # written before the adaptive threshold: fixed floor
+            d["focus_relative"] = 0.0
+        return cls(**d)
 
 
 _OD_TABLE = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
@@ -61,6 +75,26 @@ def tissue_pixels(rgb: np.ndarray, tissue_od: float) -> np.ndarray:
     return (od[..., 0] + od[..., 1]) + od[..., 2] > np.float32(tissue_od)
 
 
+FOCUS_PERCENTILE = 0.75
+
+
+def focus_threshold(energy: np.ndarray, tissue: np.ndarray, config: MaskConfig) -> np.float32:
+    """The gradient-energy threshold of an image (float32, as csrc/preprocess.cpp computes it).
+
+    The percentile is a rank (the k-th smallest tissue energy, k = floor(0.75 (n - 1))) rather than an
+    interpolation, so that C++ gets the same bits with nth_element."""
+    fixed = np.float32(config.focus_min)
+    if config.focus_relative <= 0:
+        return fixed
+    values = energy[tissue]
+    ref = np.float32(0.0)
+    if values.size:
+        k = int(FOCUS_PERCENTILE * (values.size - 1))
+        ref = np.partition(values, k)[k]
+    relative = np.float32(config.focus_relative) * ref
+    return max(np.float32(config.focus_floor), min(fixed, relative))
+
+
 def mask_components(rgb: np.ndarray, config: MaskConfig = MaskConfig()) -> dict[str, np.ndarray]:
     """The three criteria as separate boolean maps (for inspection and tests), plus `valid`."""
     rgb = _check_rgb(rgb)
@@ -70,7 +104,7 @@ def mask_components(rgb: np.ndarray, config: MaskConfig = MaskConfig()) -> dict[
     grey = rgbf @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     gy, gx = np.gradient(grey)
     energy = ndimage.uniform_filter(gx * gx + gy * gy, size=config.focus_window, mode="reflect")
-    focus = energy > np.float32(config.focus_min)
+    focus = energy > focus_threshold(energy, tissue, config)
 
     haem = rgb2hed(rgb)[..., 0]
     if config.nuclei_threshold == "otsu":

@@ -11,7 +11,8 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=docs/study
 SHOTS=${SHOTS:-20 10}
 COMMON=(--repeats ${REPEATS:-5} --epochs 20 --image-size 64 --crops-per-image 16 --threads 2
-        --variants saganet baseline classic --pool-methods semi pretrain pretrain+semi --unlabelled-fraction 0.5)
+        --variants saganet baseline classic --pool-methods semi pretrain pretrain+semi --unlabelled-fraction 0.5
+        --mask-focus-relative 0)  # the fixed focus floor this study started with (lymphoma: 0.99 valid either way)
 mkdir -p "$OUT"
 # shellcheck disable=SC2086
 $PY -m saganet study "$DATA/lymphoma_iicbu" --out "$OUT/unlabelled_lymphoma" --shots $SHOTS "${COMMON[@]}"

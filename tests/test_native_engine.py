@@ -31,7 +31,8 @@ def _images(data_dir, every=15):
 def test_cpp_mask_is_the_python_mask_bit_for_bit(data_dir):
     images = _images(data_dir)
     assert len(images) >= 15
-    for cfg in (MaskConfig(), MaskConfig(tissue_od=0.5, focus_window=5, cell_window=9, min_region=0)):
+    for cfg in (MaskConfig(), MaskConfig(focus_relative=0.0),  # adaptive focus threshold, and the fixed floor
+                MaskConfig(tissue_od=0.5, focus_window=5, cell_window=9, min_region=0, focus_relative=0.3)):
         for rgb in images:
             np.testing.assert_array_equal(C.valid_area_mask(rgb, cfg.to_dict()), valid_area_mask(rgb, cfg))
 

@@ -57,3 +57,73 @@ def test_deterministic_and_shapes(data_dir):
 def test_bad_input_named(bad, match):
     with pytest.raises(ValueError, match=match):
         valid_area_mask(bad)
+
+
+def _rescale(rgb: np.ndarray, f: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    return np.asarray(Image.fromarray(rgb).resize((round(w * f), round(h * f)), Image.BILINEAR))
+
+
+def _back(mask: np.ndarray, shape) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(shape[1::-1], Image.NEAREST)) > 127
+
+
+# Measured at the commit that made the focus threshold adaptive: mean pixel agreement of the mask of
+# a rescaled image, brought back to the original size, with the original's mask, 0.5x to 2x (the
+# cellularity windows are still in pixels, which costs colorectal tissue most).
+AGREEMENT = {"lymphoma_iicbu": 0.98, "crc_val_he_7k_test70": 0.80, "osteosarcoma_ut_test60": 0.90}
+
+
+@pytest.mark.parametrize("name", sorted(AGREEMENT))
+def test_mask_holds_across_magnifications(data_dir, name):
+    """A rescaled image gets about the same mask, rescaled; the former fixed focus floor marked
+    almost nothing valid at 2x (0.05 of colorectal pixels, 0.30 of lymphoma)."""
+    ims = [load_image(p) for c in sorted((data_dir / name).iterdir()) if c.is_dir() for p in sorted(c.iterdir())[:2]]
+    legacy = MaskConfig(focus_relative=0.0)
+    for f in (0.5, 1.5, 2.0):
+        agree, orig, rescaled, old = [], [], [], []
+        for im in ims:
+            m0, m1 = valid_area_mask(im), valid_area_mask(_rescale(im, f))
+            agree.append((_back(m1, im.shape) == m0).mean())
+            orig.append(m0.mean())
+            rescaled.append(m1.mean())
+            if f == 2.0:
+                old.append(valid_area_mask(_rescale(im, f), legacy).mean())
+        assert np.mean(agree) >= AGREEMENT[name], (f, np.mean(agree))
+        assert np.mean(rescaled) >= 0.7 * np.mean(orig), (f, np.mean(rescaled), np.mean(orig))
+        if old:
+            assert np.mean(old) < 0.5 * np.mean(rescaled)  # the defect this replaces
+
+
+def test_mask_holds_across_slide_levels(data_dir):
+    """Regions of both slides read at full resolution and at half: CMU-1-Small-Region (one level)
+    through the prediction reader, which shrinks level 0, and TCGA-CR-7395 from its real level 1.
+    The TCGA frozen section's haematoxylin is faint (95th percentile 0.02 against the fixed nuclei
+    threshold 0.05), so nearly nothing is cellular at either level: agreement only, not coverage."""
+    from saganet.slide import open_reader
+
+    with open_reader(data_dir / "wsi" / "cmu_small_region.svs") as reader:
+        for x, y in ((1000, 1000), (600, 1800)):
+            fine, coarse = reader.read(x, y, 768, 768), reader.read(x, y, 768, 384)
+            m_fine, m_coarse = valid_area_mask(fine), valid_area_mask(coarse)
+            assert m_coarse.mean() > 0.3 and m_fine.mean() > 0.3, (m_coarse.mean(), m_fine.mean())
+            assert (_back(m_fine, coarse.shape) == m_coarse).mean() > 0.85
+    import openslide
+
+    with openslide.OpenSlide(str(data_dir / "wsi" / "tcga-cr-7395-01a-01-ts1.svs")) as slide:
+        assert round(slide.level_downsamples[1]) == 2
+        for x, y in ((3048, 2437), (946, 2087)):
+            fine = np.asarray(slide.read_region((x, y), 0, (768, 768)).convert("RGB"))
+            coarse = np.asarray(slide.read_region((x, y), 1, (384, 384)).convert("RGB"))
+            assert (_back(valid_area_mask(fine), coarse.shape) == valid_area_mask(coarse)).mean() > 0.9
+
+
+def test_legacy_mask_settings_keep_the_fixed_floor():
+    """Bundles and runs written before the adaptive threshold read back with the fixed focus floor."""
+    old = {k: v for k, v in MaskConfig().to_dict().items() if k not in ("focus_relative", "focus_floor")}
+    assert MaskConfig.from_dict(old).focus_relative == 0.0
+    assert MaskConfig.from_dict(None) == MaskConfig() and MaskConfig().focus_relative > 0
