@@ -6,10 +6,9 @@ import json
 import sys
 from dataclasses import replace
 
-from .semi import METHODS as SEMI_METHODS
 from .study import POOL_METHODS
 from .tissue import MaskConfig
-from .train import TrainConfig
+from .train import SEMI_METHODS, TrainConfig
 
 
 def _train_config(a) -> TrainConfig:
@@ -18,7 +17,7 @@ def _train_config(a) -> TrainConfig:
                        stain_norm=a.stain_norm, threads=a.threads,
                        val_fraction=getattr(a, "val_fraction", 0.0), patience=getattr(a, "patience", 8),
                        pretrained=a.pretrained or "", freeze_backbone=getattr(a, "freeze_backbone", False),
-                       semi=a.semi or ("fixmatch" if getattr(a, "unlabelled", None) and not getattr(a, "pool_methods", None) else ""),
+                       semi=a.semi or (SEMI_METHODS[0] if getattr(a, "unlabelled", None) and not getattr(a, "pool_methods", None) else ""),
                        unlabelled_ratio=a.unlabelled_ratio, pseudo_threshold=a.pseudo_threshold,
                        mask=MaskConfig(focus_relative=a.mask_focus_relative))
 
@@ -48,7 +47,8 @@ def _add_train_args(p, study: bool = False):
                    help="unlabelled images, slides or folders of them (anything `saganet pretrain` reads); "
                         + ("added to every repeat's pool" if study else "train on them semi-supervised (--semi)"))
     p.add_argument("--semi", default=None, choices=list(SEMI_METHODS),
-                   help="semi-supervised method for unlabelled images (default with --unlabelled: fixmatch)")
+                   help="how to learn from unlabelled images: selftrain (teacher calls whole images, student learns "
+                        "from the confident ones) or fixmatch (default with --unlabelled: %s)" % SEMI_METHODS[0])
     p.add_argument("--unlabelled-ratio", type=int, default=d.unlabelled_ratio,
                    help="unlabelled crops per labelled crop in a training step (default %(default)s)")
     p.add_argument("--pseudo-threshold", type=float, default=d.pseudo_threshold,
@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=d.workers, help="tile reading and preprocessing threads")
     r.add_argument("--threads", type=int, default=0, help="inference threads (0 = the backend's default)")
     r.add_argument("--min-tissue", type=float, default=d.min_tissue, help="tissue share of a tile on the thumbnail to predict it")
+    r.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="classify tiles on a Dask cluster: local:N (N worker processes here) or a scheduler such as "
+                        "tcp://HOST:8786 (docs/scaling.md); workers must see the slides (and the bundle) at the same paths")
+    r.add_argument("--cluster-upload-bundle", action="store_true",
+                   help="with --cluster: send the bundle's files to the workers instead of loading it from its path")
+    r.add_argument("--chunk-tiles", type=int, default=256, help="with --cluster: tiles per task (default %(default)s)")
     return ap
 
 
@@ -208,7 +214,15 @@ def main(argv=None) -> int:
                                 progress=sys.stderr.isatty())
             engine = Engine(args.bundle, backend=args.backend, threads=args.threads or None)
             print(f"model {engine.bundle.model_id}: {engine.choice}", file=sys.stderr)
-            summary = predict_slides(engine, args.slides, args.out, cfg, log=lambda m: print(m, file=sys.stderr))
+            log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+            if args.cluster:
+                from .slide.cluster import Cluster
+
+                with Cluster(args.cluster, args.bundle, engine.backend, upload=args.cluster_upload_bundle,
+                             chunk_tiles=args.chunk_tiles, log=log) as cluster:
+                    summary = predict_slides(engine, args.slides, args.out, cfg, log=log, cluster=cluster)
+            else:
+                summary = predict_slides(engine, args.slides, args.out, cfg, log=log)
             print(f"summary: {args.out}/summary.json; per slide: report.json, tiles.csv, tiles.geojson, heatmap_<class>.png")
             if summary["failed"]:
                 print(f"{len(summary['failed'])} of {len(args.slides)} slide(s) failed: {', '.join(summary['failed'])}",

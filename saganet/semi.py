@@ -27,7 +27,7 @@ import torch
 from .augment import brightness_contrast, cutout, hed_jitter_torch, random_blur
 from .model.loss import LossConfig, class_loss, gate_agreement
 
-METHODS = ("fixmatch",)
+METHODS = ("fixmatch",)  # trained inside train.fit; "selftrain" (saganet/selftrain.py) wraps fit instead
 DEFAULT_THRESHOLD = {"linear": 0.95, "length": 0.5}
 CROP_TRIES = 4  # random positions tried per unlabelled crop; the one with the most valid area wins
 

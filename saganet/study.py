@@ -20,6 +20,7 @@ from .classic import classic_features, classic_probs, fit_classic
 from .data import load_dataset, load_images
 from .evaluate import classification_metrics, predict
 from .preprocess import Preprocessing, channel_stats
+from .selftrain import self_train
 from .train import TrainConfig, fit, prepare_images, pretrain_on
 from .unlabelled import load_unlabelled
 
@@ -111,14 +112,17 @@ def draw_pool_split(labels: np.ndarray, patients: list[str] | None, max_shots: i
 
 
 INITS = ("scratch", "finetune", "frozen")
-POOL_METHODS = ("pretrain", "semi", "pretrain+semi")  # rows that learn from the unlabelled pool
+# Rows that learn from the unlabelled pool: self-training (selftrain.py), in-domain SimCLR pretraining,
+# FixMatch (semi.py), and pretraining followed by either.
+POOL_METHODS = ("selftrain", "pretrain", "pretrain+selftrain", "fixmatch", "pretrain+fixmatch")
 
 
 def run_labels(variants, inits, pool_methods=()) -> list[tuple[str, str, str, str]]:
     """(label, variant, init, pool method) for every run of a repeat; classic once.
 
     Labels: `saganet` (from scratch), `saganet+finetune`, `saganet+frozen` (outside encoder),
-    `saganet+pretrain`, `saganet+semi`, `saganet+pretrain+semi` (the unlabelled pool), `classic`."""
+    `saganet+selftrain`, `saganet+pretrain`, `saganet+pretrain+selftrain`, ... (the unlabelled pool),
+    `classic`."""
     out = []
     for v in variants:
         if v == "classic":
@@ -174,6 +178,7 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
             pool_paths = [samples[i].path for i in pool] + [str(u) for u in unlabelled]
         for n in shots:
             train, test = (labelled[n], test) if pool_methods else draw_split(labels, patients, n, r)
+            teachers = {}  # this draw's models without pool images, by (variant, init, encoder): self-training's teachers
             for label, v, init, pm in runs:
                 k += 1
                 path = out / "runs" / f"{n}shot_r{r}_{label}.json"
@@ -193,15 +198,21 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
                     if "pretrain" in pm:
                         pretrained = str(pretrain_on(pool_paths, out / "encoders" / f"r{r}.safetensors",
                                                      replace(cfg, seed=r), steps=pretrain_steps, log=log))
-                    unl = None
-                    if "semi" in pm:
-                        if pool_images is None:
-                            pool_images = prepare_images(load_unlabelled(pool_paths, log=log)[0], base)
-                        unl = pool_images
+                    if ("selftrain" in pm or "fixmatch" in pm) and pool_images is None:
+                        pool_images = prepare_images(load_unlabelled(pool_paths, log=log)[0], base)
                     run_cfg = replace(cfg, variant=v, seed=r, pretrained=pretrained, freeze_backbone=init == "frozen",
-                                      semi="fixmatch" if unl is not None else "")
-                    model, _ = fit([imgs[i] for i in train], [masks[i] for i in train], labels[train], class_names,
-                                   run_cfg, prep, log=lambda m: None, progress=False, unlabelled=unl)
+                                      semi="fixmatch" if "fixmatch" in pm else "")
+                    labelled_data = ([imgs[i] for i in train], [masks[i] for i in train], labels[train], class_names,
+                                     run_cfg, prep)
+                    key = (v, init, pretrained)
+                    if "selftrain" in pm:
+                        model, _, _ = self_train(*labelled_data, pool_images, teacher=teachers.get(key),
+                                                 log=lambda m: None, progress=False)
+                    else:
+                        model, _ = fit(*labelled_data, log=lambda m: None, progress=False,
+                                       unlabelled=pool_images if "fixmatch" in pm else None)
+                        if "fixmatch" not in pm:
+                            teachers[key] = model
                     probs = predict(model, prep, [imgs[i] for i in test], [masks[i] for i in test])
                 m = classification_metrics(labels[test], probs, class_names)
                 rec = {"shots": n, "repeat": r, "variant": label, "seconds": round(time.time() - t0, 1),

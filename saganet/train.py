@@ -46,7 +46,7 @@ class TrainConfig:
     pretrained: str = ""  # backbone weights to start from: a `saganet pretrain` encoder or torchvision-layout file
     freeze_backbone: bool = False  # train only gate and head on a pretrained backbone (BN statistics still adapt)
     model_overrides: dict = field(default_factory=dict)  # any ModelConfig field, e.g. {"mask_floor": 0.0}
-    semi: str = ""  # "" = labelled images only; "fixmatch" = also learn from unlabelled images (saganet/semi.py)
+    semi: str = ""  # "" = labelled images only; "selftrain" (selftrain.py) or "fixmatch" (semi.py): also unlabelled images
     unlabelled_ratio: int = 1  # unlabelled crops per labelled crop in a step (FixMatch's mu)
     unlabelled_weight: float = 1.0  # weight of the unlabelled term (FixMatch's lambda_u)
     pseudo_threshold: float = 0.0  # confidence needed for a pseudo-label; 0 = the head's default (semi.py)
@@ -100,6 +100,8 @@ def balanced_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
         p[labels == c] = 1.0 / (len(classes) * k)
     return rng.choice(len(labels), size=n, replace=True, p=p / p.sum())
 
+
+SEMI_METHODS = ("selftrain", "fixmatch")
 
 # Random streams of an epoch, besides the labelled crops' (seed, epoch): named so no two collide.
 UNLABELLED_STREAM = 17
@@ -366,16 +368,28 @@ def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=No
             both(f"{len(pool_raw)} unlabelled images or slide tiles ({len(pool_skipped)} sources skipped)")
             if pretrain_unlabelled:
                 cfg = replace(cfg, pretrained=str(pretrain_on(unlabelled, out / "encoder.safetensors", cfg, log=both)))
+            if cfg.semi not in SEMI_METHODS:
+                raise ValueError(f"--semi {cfg.semi!r}: choose from {SEMI_METHODS}")
         elif cfg.semi or pretrain_unlabelled:
             raise ValueError("--semi and --pretrain-unlabelled need unlabelled sources (--unlabelled PATH...)")
         both(f"training {cfg.variant} on {len(tr)} images ({len(va)} held out for validation), classes {class_names}")
         val = ([imgs[i] for i in va], [masks[i] for i in va], labels[va]) if len(va) else None
         t0 = time.time()
-        model, history = fit([imgs[i] for i in tr], [masks[i] for i in tr], labels[tr], class_names, cfg, prep,
-                             val=val, checkpoint=out / "checkpoint.pt", log=both, unlabelled=pool if cfg.semi else None)
+        semi_info = None
+        if cfg.semi == "selftrain":
+            from .selftrain import self_train
+
+            teacher, _ = fit([imgs[i] for i in tr], [masks[i] for i in tr], labels[tr], class_names,
+                             replace(cfg, semi=""), prep, val=val, checkpoint=out / "teacher.pt", log=both)
+            model, history, semi_info = self_train([imgs[i] for i in tr], [masks[i] for i in tr], labels[tr], class_names,
+                                                   cfg, prep, pool, teacher=teacher, val=val,
+                                                   checkpoint=out / "checkpoint.pt", log=both)
+        else:
+            model, history = fit([imgs[i] for i in tr], [masks[i] for i in tr], labels[tr], class_names, cfg, prep,
+                                 val=val, checkpoint=out / "checkpoint.pt", log=both, unlabelled=pool if cfg.semi else None)
         metrics = {"train_seconds": round(time.time() - t0, 1), "history": history, "train_images": len(tr),
                    "val_images": len(va), "skipped_files": bad, "unlabelled_images": len(pool[0]) if pool else 0,
-                   "skipped_unlabelled": pool_skipped,
+                   "skipped_unlabelled": pool_skipped, "self_training": semi_info,
                    "train_files": [samples[i].path for i in tr], "val_files": [samples[i].path for i in va]}
         save_run(out, model, class_names, prep, cfg, metrics)
         both(f"wrote {out}/weights.safetensors, config.json, metrics.json")

@@ -78,7 +78,7 @@ def test_study_hands_the_pool_over_as_paths_only(data_dir, tmp_path, monkeypatch
     monkeypatch.setattr(study, "load_unlabelled", recording_load)
     monkeypatch.setattr(study, "fit", recording_fit)
     out = tmp_path / "study"
-    study.run_study(manifest, out, [2], 1, ["saganet"], replace(CFG, epochs=1), pool_methods=("semi",),
+    study.run_study(manifest, out, [2], 1, ["saganet"], replace(CFG, epochs=1), pool_methods=("fixmatch", "selftrain"),
                     log=lambda m: None)
     labelled, pool, test = draw_pool_split(np.repeat([0, 1, 2], 6), None, 2, 0, 0.5)
     (pool_paths,) = seen["pool"]
@@ -86,8 +86,8 @@ def test_study_hands_the_pool_over_as_paths_only(data_dir, tmp_path, monkeypatch
     assert not set(pool_paths) & {picked[i].path for i in np.concatenate([test, labelled[2]])}
     assert seen["fit"] == [(6, None), (6, len(pool))]  # labelled-only row, then the semi row: 6 labels both times
     rows = {json.loads(p.read_text())["variant"]: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    assert set(rows) == {"saganet", "saganet+semi"}
-    assert rows["saganet"]["test_images"] == rows["saganet+semi"]["test_images"] == len(test)
+    assert set(rows) == {"saganet", "saganet+fixmatch", "saganet+selftrain"}
+    assert rows["saganet"]["test_images"] == rows["saganet+fixmatch"]["test_images"] == len(test)
 
 
 def test_pseudo_labels_respect_the_threshold():
@@ -168,4 +168,29 @@ def test_cli_unlabelled_names_bad_source_and_skips_it(data_dir, tmp_path, capsys
     assert m["unlabelled_images"] == 3
     assert sorted(s["path"].split("/")[-1] for s in m["skipped_unlabelled"]) == ["broken.png", "nowhere"]
     cfg = json.loads((tmp_path / "b" / "config.json").read_text())
-    assert cfg["train"]["semi"] == "fixmatch"
+    assert cfg["train"]["semi"] == "selftrain" and m["self_training"]["unlabelled"] == 3
+
+
+def test_self_training_pseudo_labels_per_class_and_keeps_the_budget(small, monkeypatch):
+    from saganet import selftrain
+
+    imgs, masks, y, classes, prep, pool = small
+    teacher, _ = fit(imgs, masks, y, classes, CFG, prep, log=lambda m: None, progress=False)
+    chosen, pseudo, conf = selftrain.pseudo_label_images(teacher, prep, *pool, keep=0.5)
+    probs = selftrain.predict(teacher, prep, *pool)
+    called = probs.argmax(1)
+    for c in np.unique(called):  # per called class: the most confident half, nothing less confident
+        mine = np.flatnonzero(called == c)
+        picked = [i for i in chosen if called[i] == c]
+        assert len(picked) == max(1, round(0.5 * len(mine)))
+        assert probs[picked].max(1).min() >= max(probs[i].max() for i in mine if i not in picked) if len(picked) < len(mine) else True
+    assert np.array_equal(pseudo, called[chosen])
+    seen = []
+    real = selftrain.fit
+    monkeypatch.setattr(selftrain, "fit", lambda *a, **kw: seen.append((len(a[2]), a[4].crops_per_image)) or real(*a, **kw))
+    student, hist, info = selftrain.self_train(imgs, masks, y, classes, CFG, prep, pool, teacher=teacher,
+                                               log=lambda m: None, progress=False)
+    assert seen == [(len(y) + len(chosen), round(CFG.crops_per_image * len(y) / (len(y) + len(chosen))))]
+    assert info["pseudo_labelled"] == len(chosen) and sum(info["per_class"].values()) == len(chosen)
+    with pytest.raises(ValueError, match="keep"):
+        selftrain.pseudo_label_images(teacher, prep, *pool, keep=0)

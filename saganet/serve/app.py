@@ -44,6 +44,8 @@ class Settings:
     max_tile_pixels: int = 4096 * 4096  # decoded size of one tile image (decompression bombs)
     request_timeout_s: float = 60.0
     slide_batch_size: int = 8
+    cluster: str | None = None  # Dask scheduler (tcp://HOST:PORT) or local:N for slide jobs; None = this process
+    cluster_upload_bundle: bool = False  # send the bundle's files to the workers instead of its path
 
 
 class _Shared:
@@ -101,7 +103,13 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     store = JobStore(Path(s.state_dir))
     if store.resumed:
         _log(f"{store.resumed} unfinished job(s) from before go back in the queue")
-    runner = JobRunner(store, _Shared(engine, lock), PredictConfig(batch_size=s.slide_batch_size, progress=False), _log)
+    cluster = None
+    if s.cluster:
+        from ..slide.cluster import Cluster
+
+        cluster = Cluster(s.cluster, s.model, engine.backend, upload=s.cluster_upload_bundle, log=_log)
+    runner = JobRunner(store, _Shared(engine, lock), PredictConfig(batch_size=s.slide_batch_size, progress=False), _log,
+                       cluster=cluster)
     slide_root = Path(s.slide_root) if s.slide_root else None
     tile = engine.tile_size
 
@@ -118,6 +126,8 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
         runner.wake.set()
         await asyncio.get_running_loop().run_in_executor(None, runner.join)
         await batcher.close()
+        if cluster is not None:
+            cluster.close()
         _log("stopped; unfinished slide jobs resume at the next start")
 
     app = FastAPI(title="saganet", version=__version__, lifespan=lifespan,

@@ -86,9 +86,9 @@ class JobStore:
 class JobRunner(threading.Thread):
     """Takes queued jobs one at a time and runs the whole-slide pipeline on them."""
 
-    def __init__(self, store: JobStore, engine, cfg: PredictConfig, log):
+    def __init__(self, store: JobStore, engine, cfg: PredictConfig, log, cluster=None):
         super().__init__(name="saganet-jobs", daemon=True)
-        self.store, self.engine, self.cfg, self.log = store, engine, cfg, log
+        self.store, self.engine, self.cfg, self.log, self.cluster = store, engine, cfg, log, cluster
         self.stopping = threading.Event()
         self.wake = threading.Event()
 
@@ -106,8 +106,15 @@ class JobRunner(threading.Thread):
             self.store.update(job_id, progress=round(done / total, 4) if total else 1.0)
 
         try:
-            report = predict_slide(self.engine, source, self.store.out_dir(job_id), replace(self.cfg, mpp=mpp),
-                                   on_progress=progress, should_stop=self.stopping.is_set)
+            cfg = replace(self.cfg, mpp=mpp)
+            if self.cluster is not None:  # tiles classified by the cluster's workers
+                from ..slide.cluster import predict_slide_on
+
+                report = predict_slide_on(self.cluster, self.engine, source, self.store.out_dir(job_id), cfg,
+                                          on_progress=progress, should_stop=self.stopping.is_set)
+            else:
+                report = predict_slide(self.engine, source, self.store.out_dir(job_id), cfg,
+                                       on_progress=progress, should_stop=self.stopping.is_set)
         except Interrupted:
             self.store.update(job_id, state="queued", progress=0)
             self.log(f"job {job_id}: stopped by shutdown; it resumes when the server starts again")

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .reader import SlideError, open_reader, thumbnail_tissue
-from .tiler import tile_grid
+from .tiler import Grid, tile_grid
 from .writers import GeoJSONWriter, TileTable, file_part, write_heatmaps, write_json
 
 
@@ -59,97 +59,145 @@ class Interrupted(Exception):
     """`should_stop` asked the prediction to stop; nothing complete-looking was written."""
 
 
+@dataclass
+class SlidePlan:
+    """What the driver knows of a slide before any tile is read: where its tiles are."""
+    path: Path
+    reader_kind: str
+    dimensions: tuple[int, int]
+    mpp: float
+    mpp_source: str
+    thumb: np.ndarray
+    grid: Grid
+    started: float  # perf_counter() when planning began: the report's seconds count from here
+
+
+def plan_slide(reader, path: Path, engine, cfg: PredictConfig) -> SlidePlan:
+    """MPP, thumbnail and tissue grid of an open slide at the model's MPP and tile size."""
+    t0 = time.perf_counter()
+    if cfg.mpp is not None:
+        mpp, mpp_source = cfg.mpp, "--mpp"
+    elif reader.mpp is not None:
+        mpp, mpp_source = reader.mpp, "slide"
+    else:
+        raise SlideError(f"{path}: the file has no microns-per-pixel value; pass it explicitly (--mpp)")
+    thumb = reader.thumbnail(cfg.thumbnail_side)
+    grid = tile_grid(reader.dimensions, mpp, engine.bundle.mpp, engine.tile_size, thumbnail_tissue(thumb), cfg.min_tissue)
+    if grid.read_size < 1:
+        raise SlideError(f"{path}: at {mpp} um/px a model tile is under one pixel; check --mpp")
+    return SlidePlan(Path(path), reader.kind, tuple(reader.dimensions), mpp, mpp_source, thumb, grid, t0)
+
+
+def local_batches(engine, reader, grid: Grid, cfg: PredictConfig, stats: dict):
+    """(tile indices, probs, valid fractions) per batch of cfg.batch_size, in tile order: tiles read
+    (and, for Python backends, preprocessed) in worker threads, overlapped with inference. Adds the
+    seconds the engine waited for tiles to stats["waited"]."""
+    n = len(grid.cells)
+    # Python preprocessing is single-threaded: it runs in the workers, beside inference. The native
+    # engine's C++ preprocessing uses every core: there it runs between batches, and the workers
+    # only read (more threads than cores would slow both down).
+    in_workers = not engine.preprocesses_in_parallel
+
+    def load(start: int):
+        idx = range(start, min(start + cfg.batch_size, n))
+        tiles = np.stack([reader.read(*grid.origin(i), grid.read_size, grid.tile) for i in idx])
+        return idx, engine.preprocess(tiles) if in_workers else tiles
+
+    with ThreadPoolExecutor(cfg.workers, thread_name_prefix="saganet-tiles") as pool:
+        starts = iter(range(0, n, cfg.batch_size))
+        pending = deque(pool.submit(load, s) for _, s in zip(range(cfg.workers + 1), starts))
+        try:
+            while pending:
+                w = time.perf_counter()
+                idx, loaded = pending.popleft().result()
+                stats["waited"] = stats.get("waited", 0.0) + time.perf_counter() - w
+                image, mask = loaded if in_workers else engine.preprocess(loaded)
+                for s in starts:  # keep the workers busy before the engine takes the cores
+                    pending.append(pool.submit(load, s))
+                    break
+                pred = engine.run(image, mask)
+                yield idx, pred.probs, pred.valid_fraction
+        finally:  # stopped early: drop what has not started
+            for f in pending:
+                f.cancel()
+
+
+def write_outputs(engine, plan: SlidePlan, out_dir: Path, batches, cfg: PredictConfig, on_progress=None,
+                  should_stop=None, timing=None) -> dict:
+    """Stream (tile indices, probs, valid) batches, in tile order, into the tile table and GeoJSON;
+    then heatmaps and report.json (last: its presence means the slide is complete). `timing()`, when
+    given, returns fields to add to the report (how long the source of batches waited)."""
+    out_dir = Path(out_dir)
+    grid, path = plan.grid, plan.path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").unlink(missing_ok=True)  # an older report must not vouch for new outputs
+    Image.fromarray(plan.thumb).save(out_dir / "thumbnail.png")
+    n, k = len(grid.cells), len(engine.class_names)
+    probs, valid = np.zeros((n, k), np.float32), np.zeros(n, np.float32)
+    table = TileTable(out_dir / "tiles.csv", engine.class_names)
+    geojson = GeoJSONWriter(out_dir / "tiles.geojson", engine.class_names)
+    complete, done = False, 0
+    t_loop = time.perf_counter()
+    bar = _progress(n, path.name, cfg.progress)
+    try:
+        for idx, p, v in batches:
+            for j, i in enumerate(idx):
+                x, y = grid.origin(i)
+                probs[i], valid[i] = p[j], v[j]
+                table.write(x, y, grid.read_size, valid[i], probs[i])
+                geojson.write(x, y, grid.read_size, valid[i], probs[i])
+            bar.update(len(idx))
+            done += len(idx)
+            if on_progress is not None:
+                on_progress(done, n)
+            if should_stop is not None and should_stop() and done < n:
+                raise Interrupted(f"{path}: stopped after {done} of {n} tiles")
+        if done != n:
+            raise SlideError(f"{path}: {done} of {n} tiles came back")
+        complete = True
+        loop_seconds = time.perf_counter() - t_loop
+    finally:
+        bar.close()
+        if hasattr(batches, "close"):
+            batches.close()
+        table.close(complete)
+        geojson.close(complete)
+    heatmaps = write_heatmaps(out_dir, plan.thumb, plan.dimensions, grid, probs, engine.class_names)
+    report = {
+        "slide": str(path), "reader": plan.reader_kind, "dimensions": list(plan.dimensions),
+        "mpp": plan.mpp, "mpp_source": plan.mpp_source,
+        "model": engine.bundle.model_id, "backend": engine.backend, "model_mpp": engine.bundle.mpp,
+        "tile_size": grid.tile, "tile_size_level0": grid.read_size, "grid": [grid.cols, grid.rows],
+        "tiles": n, "call": slide_call(probs, valid, engine.class_names, cfg.min_valid),
+        "seconds": round(time.perf_counter() - plan.started, 3), "tile_seconds": round(loop_seconds, 3),
+        "tiles_per_second": round(n / loop_seconds, 2) if loop_seconds > 0 else None,
+        **(timing() if timing else {}),
+        "peak_rss_mb": _peak_rss_mb(),
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "outputs": {"tiles": "tiles.csv", "geojson": "tiles.geojson", "heatmaps": heatmaps, "thumbnail": "thumbnail.png"},
+    }
+    write_json(out_dir / "report.json", report)
+    return report
+
+
+# Report fields that differ between two runs of the same slide (time and memory), nothing else.
+TIMING_FIELDS = ("seconds", "tile_seconds", "tiles_per_second", "seconds_engine_waited_for_tiles",
+                 "seconds_waited_for_cluster", "peak_rss_mb")
+
+
 def predict_slide(engine, path, out_dir, cfg: PredictConfig = PredictConfig(), on_progress=None,
                   should_stop=None) -> dict:
-    """Predict one slide into `out_dir`; returns the report (also written as report.json, last).
-    `on_progress(done, total)` is called after every batch; `should_stop()` is asked before every
-    batch and, when true, raises Interrupted (used by the server's graceful shutdown)."""
+    """Predict one slide into `out_dir` on this machine; returns the report (also written as
+    report.json, last). `on_progress(done, total)` is called after every batch; `should_stop()` is
+    asked after every batch and, when true, raises Interrupted (the server's graceful shutdown)."""
     cfg.check()
-    path, out_dir = Path(path), Path(out_dir)
-    t0 = time.perf_counter()
+    path = Path(path)
     with open_reader(path) as reader:
-        if cfg.mpp is not None:
-            mpp, mpp_source = cfg.mpp, "--mpp"
-        elif reader.mpp is not None:
-            mpp, mpp_source = reader.mpp, "slide"
-        else:
-            raise SlideError(f"{path}: the file has no microns-per-pixel value; pass it explicitly (--mpp)")
-        thumb = reader.thumbnail(cfg.thumbnail_side)
-        grid = tile_grid(reader.dimensions, mpp, engine.bundle.mpp, engine.tile_size, thumbnail_tissue(thumb),
-                         cfg.min_tissue)
-        if grid.read_size < 1:
-            raise SlideError(f"{path}: at {mpp} um/px a model tile is under one pixel; check --mpp")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "report.json").unlink(missing_ok=True)  # an older report must not vouch for new outputs
-        Image.fromarray(thumb).save(out_dir / "thumbnail.png")
-        n, k = len(grid.cells), len(engine.class_names)
-        probs, valid = np.zeros((n, k), np.float32), np.zeros(n, np.float32)
-        table = TileTable(out_dir / "tiles.csv", engine.class_names)
-        geojson = GeoJSONWriter(out_dir / "tiles.geojson", engine.class_names)
-        complete = False
-        wait_seconds = 0.0
-        t_loop = time.perf_counter()
-        try:
-            # Python preprocessing is single-threaded: it runs in the workers, beside inference. The
-            # native engine's C++ preprocessing uses every core: there it runs between batches, and
-            # the workers only read (more threads than cores would slow both down).
-            in_workers = not engine.preprocesses_in_parallel
-
-            def load(start: int):
-                idx = range(start, min(start + cfg.batch_size, n))
-                tiles = np.stack([reader.read(*grid.origin(i), grid.read_size, grid.tile) for i in idx])
-                return idx, engine.preprocess(tiles) if in_workers else tiles
-
-            bar = _progress(n, path.name, cfg.progress)
-            done = 0
-            with ThreadPoolExecutor(cfg.workers, thread_name_prefix="saganet-tiles") as pool:
-                starts = iter(range(0, n, cfg.batch_size))
-                pending = deque(pool.submit(load, s) for _, s in zip(range(cfg.workers + 1), starts))
-                while pending:
-                    if should_stop is not None and should_stop():
-                        for f in pending:
-                            f.cancel()
-                        raise Interrupted(f"{path}: stopped after {done} of {n} tiles")
-                    w = time.perf_counter()
-                    idx, loaded = pending.popleft().result()
-                    wait_seconds += time.perf_counter() - w
-                    image, mask = loaded if in_workers else engine.preprocess(loaded)
-                    for s in starts:  # keep the workers busy before the engine takes the cores
-                        pending.append(pool.submit(load, s))
-                        break
-                    pred = engine.run(image, mask)
-                    for j, i in enumerate(idx):
-                        x, y = grid.origin(i)
-                        probs[i], valid[i] = pred.probs[j], pred.valid_fraction[j]
-                        table.write(x, y, grid.read_size, valid[i], probs[i])
-                        geojson.write(x, y, grid.read_size, valid[i], probs[i])
-                    bar.update(len(idx))
-                    done += len(idx)
-                    if on_progress is not None:
-                        on_progress(done, n)
-            bar.close()
-            complete = True
-            loop_seconds = time.perf_counter() - t_loop
-        finally:
-            table.close(complete)
-            geojson.close(complete)
-        heatmaps = write_heatmaps(out_dir, thumb, reader.dimensions, grid, probs, engine.class_names)
-        seconds = time.perf_counter() - t0
-        report = {
-            "slide": str(path), "reader": reader.kind, "dimensions": list(reader.dimensions),
-            "mpp": mpp, "mpp_source": mpp_source,
-            "model": engine.bundle.model_id, "backend": engine.backend, "model_mpp": engine.bundle.mpp,
-            "tile_size": grid.tile, "tile_size_level0": grid.read_size, "grid": [grid.cols, grid.rows],
-            "tiles": n, "call": slide_call(probs, valid, engine.class_names, cfg.min_valid),
-            "seconds": round(seconds, 3), "tile_seconds": round(loop_seconds, 3),
-            "tiles_per_second": round(n / loop_seconds, 2) if loop_seconds > 0 else None,
-            "seconds_engine_waited_for_tiles": round(wait_seconds, 3),
-            "peak_rss_mb": _peak_rss_mb(),
-            "settings": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-            "outputs": {"tiles": "tiles.csv", "geojson": "tiles.geojson", "heatmaps": heatmaps, "thumbnail": "thumbnail.png"},
-        }
-        write_json(out_dir / "report.json", report)  # last: its presence means the slide is complete
-        return report
+        plan = plan_slide(reader, path, engine, cfg)
+        stats: dict = {}
+        return write_outputs(engine, plan, out_dir, local_batches(engine, reader, plan.grid, cfg, stats), cfg,
+                             on_progress, should_stop,
+                             timing=lambda: {"seconds_engine_waited_for_tiles": round(stats.get("waited", 0.0), 3)})
 
 
 def _peak_rss_mb() -> float:
@@ -193,31 +241,90 @@ def _finished(out_dir: Path, engine, cfg: PredictConfig) -> dict | None:
     return None
 
 
-def predict_slides(engine, paths, out, cfg: PredictConfig = PredictConfig(), log=print) -> dict:
+def predict_slides(engine, paths, out, cfg: PredictConfig = PredictConfig(), log=print, cluster=None) -> dict:
     """Predict every slide into out/<name>/; a slide that fails is reported and the rest go on.
-    Slides already complete for the same model and settings are not redone."""
+    Slides already complete for the same model and settings are not redone. With `cluster`
+    (slide.cluster.Cluster), tiles are classified on its workers, a few slides ahead of the writing."""
     cfg.check()
     paths, out = [Path(p) for p in paths], Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for p, name in zip(paths, _out_names(paths)):
-        d = out / name
-        report = _finished(d, engine, cfg)
+    results: dict[int, dict] = {}
+    todo = []
+    for i, (p, name) in enumerate(zip(paths, _out_names(paths))):
+        report = _finished(out / name, engine, cfg)
         if report is not None:
-            log(f"{p}: already done in {d}")
-            results.append({"slide": str(p), "status": "done", "out": str(d), "call": report["call"], "reused": True})
-            continue
-        try:
-            report = predict_slide(engine, p, d, cfg)
-        except (SlideError, OSError, ValueError) as e:
-            log(f"{p}: FAILED: {e}")
-            results.append({"slide": str(p), "status": "failed", "error": str(e)})
-            continue
+            log(f"{p}: already done in {out / name}")
+            results[i] = {"slide": str(p), "status": "done", "out": str(out / name), "call": report["call"], "reused": True}
+        else:
+            todo.append((i, p, out / name))
+
+    def done(i, p, d, report):
         call = report["call"]
         log(f"{p}: {call['class'] or 'no call'} from {call['tiles_used']} of {report['tiles']} tiles "
             f"({report['tiles_per_second']} tiles/s) -> {d}")
-        results.append({"slide": str(p), "status": "done", "out": str(d), "call": call})
+        results[i] = {"slide": str(p), "status": "done", "out": str(d), "call": call}
+
+    def failed(i, p, e):
+        log(f"{p}: FAILED: {e}")
+        results[i] = {"slide": str(p), "status": "failed", "error": str(e)}
+
+    if cluster is None:
+        for i, p, d in todo:
+            try:
+                done(i, p, d, predict_slide(engine, p, d, cfg))
+            except (SlideError, OSError, ValueError) as e:
+                failed(i, p, e)
+    else:
+        _predict_on_cluster(cluster, engine, todo, cfg, done, failed)
     summary = {"model": engine.bundle.model_id, "backend": engine.backend, "backend_choice": engine.choice,
-               "slides": results, "failed": [r["slide"] for r in results if r["status"] == "failed"]}
+               "slides": [results[i] for i in sorted(results)],
+               "failed": [results[i]["slide"] for i in sorted(results) if results[i]["status"] == "failed"]}
+    if cluster is not None:
+        summary["cluster"] = cluster.address
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _predict_on_cluster(cluster, engine, todo, cfg: PredictConfig, done, failed) -> None:
+    """Plan and submit slides a few ahead of the one being written, so the workers never wait for
+    the driver's thumbnails and heatmaps; one progress bar over all planned tiles."""
+    from dataclasses import replace
+
+    lookahead = max(2, 2 * len(cluster.client.scheduler_info()["workers"]))
+    quiet = replace(cfg, progress=False)
+    bar = _progress(0, "slides on the cluster", cfg.progress)
+    window, queue = deque(), iter(todo)
+
+    def plan_next() -> None:
+        for i, p, d in queue:
+            try:
+                with open_reader(p) as reader:
+                    plan = plan_slide(reader, p, engine, cfg)
+            except (SlideError, OSError, ValueError) as e:
+                failed(i, p, e)
+                continue
+            bar.total += len(plan.grid.cells)
+            bar.refresh()
+            window.append((i, p, d, plan, cluster.submit(plan, cfg.batch_size)))
+            return
+
+    for _ in range(lookahead):
+        plan_next()
+    while window:
+        i, p, d, plan, chunks = window.popleft()
+        plan_next()
+        stats: dict = {}
+        last = {"n": 0}
+
+        def progress(n_done, n_total):
+            bar.update(n_done - last["n"])
+            last["n"] = n_done
+
+        try:
+            report = write_outputs(engine, plan, d, cluster.results(chunks, stats), quiet, on_progress=progress,
+                                   timing=lambda: {"seconds_waited_for_cluster": round(stats.get("waited", 0.0), 3)})
+        except (SlideError, OSError, ValueError) as e:
+            failed(i, p, e)
+            continue
+        done(i, p, d, report)
+    bar.close()
