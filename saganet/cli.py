@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="of the AOTInductor package (ONNX is always float32); bfloat16 is faster on CPUs with "
                         "AVX512-BF16/AMX and agrees with float32 less closely")
 
-    from .slide.pipeline import PredictConfig
+    from .slide.pipeline import CHUNK_TILES, PredictConfig
 
     d = PredictConfig()
     r = sub.add_parser("predict", help="whole-slide prediction: slide call, tile table, heatmaps, QuPath GeoJSON")
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tcp://HOST:8786 (docs/scaling.md); workers must see the slides (and the bundle) at the same paths")
     r.add_argument("--cluster-upload-bundle", action="store_true",
                    help="with --cluster: send the bundle's files to the workers instead of loading it from its path")
-    r.add_argument("--chunk-tiles", type=int, default=256, help="with --cluster: tiles per task (default %(default)s)")
+    r.add_argument("--chunk-tiles", type=int, default=CHUNK_TILES, help="with --cluster: tiles per task (default %(default)s)")
     return ap
 
 

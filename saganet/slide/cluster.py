@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from distributed import WorkerPlugin
 
+from .pipeline import CHUNK_TILES
 from .reader import SlideError, open_reader
 
-CHUNK_TILES = 256  # tiles per task: large enough that scheduling costs little against reading + inference
 READER_CACHE = 8  # open slides kept per worker process
 
 _worker_state: dict = {}  # in each worker process: "engine", and the reader LRU

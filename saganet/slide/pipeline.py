@@ -19,7 +19,12 @@ from PIL import Image
 
 from .reader import SlideError, open_reader, thumbnail_tissue
 from .tiler import Grid, tile_grid
-from .writers import GeoJSONWriter, TileTable, file_part, write_heatmaps, write_json
+from .writers import PNG_LEVEL, GeoJSONWriter, TileTable, file_part, write_heatmaps, write_json
+
+
+# Tiles per cluster task (slide/cluster.py): scheduling costs ~5 ms a task, and smaller chunks shorten
+# the tail in which one worker finishes a slide while the others idle.
+CHUNK_TILES = 128
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ def write_outputs(engine, plan: SlidePlan, out_dir: Path, batches, cfg: PredictC
     grid, path = plan.grid, plan.path
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").unlink(missing_ok=True)  # an older report must not vouch for new outputs
-    Image.fromarray(plan.thumb).save(out_dir / "thumbnail.png")
+    Image.fromarray(plan.thumb).save(out_dir / "thumbnail.png", compress_level=PNG_LEVEL)
     n, k = len(grid.cells), len(engine.class_names)
     probs, valid = np.zeros((n, k), np.float32), np.zeros(n, np.float32)
     table = TileTable(out_dir / "tiles.csv", engine.class_names)

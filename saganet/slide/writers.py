@@ -16,6 +16,11 @@ from PIL import Image
 from ..atomic import atomic_write, atomic_write_text
 
 
+# zlib level of the slide PNGs: level 1 encodes 5x faster than PIL's default 6 and the files are
+# about 1.3x larger; the encoding was half of the driver's time per slide on a small slide.
+PNG_LEVEL = 1
+
+
 def write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2))
 
@@ -109,7 +114,7 @@ def write_heatmaps(out_dir: Path, thumb: np.ndarray, dimensions: tuple[int, int]
         rgb = np.where(covered, 0.35 * grey + 0.65 * colour, grey)
         path = out_dir / f"heatmap_{file_part(name)}.png"
         image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
-        atomic_write(path, lambda p: image.save(p, format="PNG"))
+        atomic_write(path, lambda p: image.save(p, format="PNG", compress_level=PNG_LEVEL))
         written[name] = path.name
     return written
 
