@@ -11,11 +11,17 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 
 
 @torch.inference_mode()
-def predict(model, prep, images, masks, batch_size: int = 16) -> np.ndarray:
+def predict(model, prep, images, masks, batch_size: int = 16, tta: bool = False) -> np.ndarray:
     """Class probabilities (N, K) for prepared uint8 images and their boolean masks.
 
-    Images of equal size are batched together; each image is seen whole (no crops).
+    Images of equal size are batched together; each image is seen whole (no crops). With tta, the
+    mean over the 8 flips and quarter turns of each image (test-time augmentation: H&E has no
+    orientation, and training saw all eight).
     """
+    if tta:
+        views = [(k, f) for k in range(4) for f in (False, True)]
+        return np.mean([predict(model, prep, [_dihedral(im, k, f) for im in images],
+                                [_dihedral(m, k, f) for m in masks], batch_size) for k, f in views], axis=0)
     model.eval()
     probs = np.zeros((len(images), model.config.num_classes), dtype=np.float64)
     by_shape: dict[tuple, list[int]] = {}
@@ -28,6 +34,11 @@ def predict(model, prep, images, masks, batch_size: int = 16) -> np.ndarray:
             m = torch.from_numpy(np.stack([masks[i] for i in chunk])).unsqueeze(1).float()
             probs[chunk] = model(x, m)["probs"].double().numpy()
     return probs
+
+
+def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    a = np.rot90(a, k)
+    return np.ascontiguousarray(a[:, ::-1] if flip else a)
 
 
 def classification_metrics(y_true, probs, class_names) -> dict:

@@ -213,15 +213,31 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
                                        unlabelled=pool_images if "fixmatch" in pm else None)
                         if "fixmatch" not in pm:
                             teachers[key] = model
-                    probs = predict(model, prep, [imgs[i] for i in test], [masks[i] for i in test])
+                    test_images, test_masks = [imgs[i] for i in test], [masks[i] for i in test]
+                    probs = predict(model, prep, test_images, test_masks)
+                    # Read-outs that need no more training, recorded beside the plain one: test-time
+                    # flips and turns, and a late fusion with the classic pipeline on the same shots.
+                    if feats is None:
+                        feats = np.stack([classic_features(im) for im in imgs])
+                    fused = 0.5 * (probs / probs.sum(1, keepdims=True) +
+                                   classic_probs(fit_classic(feats[train], labels[train], seed=r), feats[test]))
+                    extra = {"tta": classification_metrics(labels[test], predict(model, prep, test_images, test_masks,
+                                                                                 tta=True), class_names),
+                             "fused_classic": classification_metrics(labels[test], fused, class_names)}
                 m = classification_metrics(labels[test], probs, class_names)
                 rec = {"shots": n, "repeat": r, "variant": label, "seconds": round(time.time() - t0, 1),
                        "train_images": len(train), "test_images": len(test), "pool_images": len(pool_paths), **m}
+                if v != "classic":
+                    rec["read_outs"] = {k: {"balanced_accuracy": e["balanced_accuracy"], "accuracy": e["accuracy"],
+                                            "confusion_matrix": e["confusion_matrix"]} for k, e in extra.items()}
                 atomic_write_text(path, json.dumps(rec, indent=2))
                 log(f"[{k}/{total}] {n} shots, repeat {r}, {label}: balanced accuracy {m['balanced_accuracy']:.3f} ({rec['seconds']}s)")
     summary = summarise(out, shots, [label for label, _, _, _ in runs])
     summary["wall_seconds_this_invocation"] = round(time.time() - t_study, 1)
     return summary
+
+
+READ_OUTS = ("tta", "fused_classic")
 
 
 def summarise(out, shots, variants) -> dict:
@@ -240,6 +256,11 @@ def summarise(out, shots, variants) -> dict:
                                   "macro_f1_mean": float(np.mean([r["macro_f1"] for r in rs])),
                                   "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
                                   "test_images": sorted({int(r["test_images"]) for r in rs})}
+            with_read_outs = [r["read_outs"] for r in rs if "read_outs" in r]
+            for k in READ_OUTS:
+                vals = [ro[k]["balanced_accuracy"] for ro in with_read_outs]
+                table[f"{n}/{v}"][f"{k}_balanced_accuracy_mean"] = float(np.mean(vals)) if vals else None
+                table[f"{n}/{v}"][f"{k}_repeats"] = len(vals)
     # Paired differences on the same training draws: every variant against the baseline with the
     # same initialisation (`saganet+frozen` - `baseline+frozen`), and every pretrained variant
     # against itself from scratch (what pretraining bought).
@@ -270,6 +291,15 @@ def summarise(out, shots, variants) -> dict:
         lines.append(f"| {row['shots']} | {row['variant']} | {row['repeats']} | {row['balanced_accuracy_mean']:.3f} +- "
                      f"{row['balanced_accuracy_std']:.3f} | {row['accuracy_mean']:.3f} | {row['macro_f1_mean']:.3f} | "
                      f"{n_test} | {row['seconds_mean']:.0f} |")
+    read_rows = [row for row in table.values() if any(row.get(f"{k}_repeats") for k in READ_OUTS)]
+    if read_rows:
+        lines += ["", "The same models read out two more ways (no more training): with test-time flips and turns "
+                  "(tta), and averaged with the classic pipeline trained on the same shots (fused_classic); "
+                  "balanced accuracy, mean over the repeats that recorded them:", "",
+                  "| shots | variant | " + " | ".join(READ_OUTS) + " | repeats |", "|---|---|" + "---|" * len(READ_OUTS) + "---|"]
+        lines += [f"| {row['shots']} | {row['variant']} | " +
+                  " | ".join(f"{row[f'{k}_balanced_accuracy_mean']:.3f}" for k in READ_OUTS) +
+                  f" | {row[f'{READ_OUTS[0]}_repeats']} |" for row in read_rows]
     if paired:
         lines += ["", "Paired differences on the same training draws, balanced accuracy:", "",
                   "| shots | variant | minus | mean +- std | wins / losses |", "|---|---|---|---|---|"]

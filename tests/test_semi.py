@@ -88,6 +88,8 @@ def test_study_hands_the_pool_over_as_paths_only(data_dir, tmp_path, monkeypatch
     rows = {json.loads(p.read_text())["variant"]: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
     assert set(rows) == {"saganet", "saganet+fixmatch", "saganet+selftrain"}
     assert rows["saganet"]["test_images"] == rows["saganet+fixmatch"]["test_images"] == len(test)
+    assert set(rows["saganet"]["read_outs"]) == {"tta", "fused_classic"}
+    assert "tta" in (out / "results.md").read_text()
 
 
 def test_pseudo_labels_respect_the_threshold():
@@ -194,3 +196,16 @@ def test_self_training_pseudo_labels_per_class_and_keeps_the_budget(small, monke
     assert info["pseudo_labelled"] == len(chosen) and sum(info["per_class"].values()) == len(chosen)
     with pytest.raises(ValueError, match="keep"):
         selftrain.pseudo_label_images(teacher, prep, *pool, keep=0)
+
+
+def test_test_time_augmentation_is_invariant_to_turns_and_flips(small):
+    from saganet.evaluate import predict
+
+    imgs, masks, y, classes, prep, pool = small
+    model, _ = fit(imgs, masks, y, classes, replace(CFG, epochs=1), prep, log=lambda m: None, progress=False)
+    a = predict(model, prep, imgs[:3], masks[:3], tta=True)
+    b = predict(model, prep, [np.rot90(im).copy() for im in imgs[:3]], [np.rot90(m).copy() for m in masks[:3]], tta=True)
+    c = predict(model, prep, [im[:, ::-1].copy() for im in imgs[:3]], [m[:, ::-1].copy() for m in masks[:3]], tta=True)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, c, atol=1e-5)
+    assert not np.allclose(a, predict(model, prep, imgs[:3], masks[:3]), atol=1e-7)
