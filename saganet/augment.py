@@ -1,12 +1,13 @@
-"""Batched photometric augmentations in torch, shared by self-supervised pretraining and the strong
-views of semi-supervised training: HED stain jitter, brightness/contrast, Gaussian blur, cutout.
-
-Done on whole batches because per-tile numpy would cost more than the network on 2 cores.
+"""Augmentations shared by training, semi-supervised training and pretraining: the random crop with
+its mask (numpy, per image), and batched photometric changes in torch (HED stain jitter,
+brightness/contrast, Gaussian blur, cutout), batched because per-tile numpy would cost more than the
+network on 2 cores.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from skimage.color import hed_from_rgb, rgb_from_hed
@@ -14,6 +15,31 @@ from skimage.color import hed_from_rgb, rgb_from_hed
 _HED_FROM_RGB = torch.tensor(hed_from_rgb, dtype=torch.float32)
 _RGB_FROM_HED = torch.tensor(rgb_from_hed, dtype=torch.float32)
 _LOG_ADJUST = -math.log(1e-6)  # skimage's rgb2hed scaling, so sigma/bias mean the same as stain.hed_jitter
+
+
+def random_crop(image: np.ndarray, mask: np.ndarray, crop: int, rng: np.random.Generator, tries: int = 1):
+    """A crop x crop window of image (H,W,3) and its mask (H,W), reflect-padded when the image is
+    smaller, then a random quarter turn and flip. With tries > 1, of that many random positions the
+    one with the largest valid share of the mask. Returns contiguous (crop, mask)."""
+    h, w = mask.shape
+    if h < crop or w < crop:
+        ph, pw = max(0, crop - h), max(0, crop - w)
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+        mask = np.pad(mask, ((0, ph), (0, pw)), mode="reflect")
+        h, w = mask.shape
+    best = None
+    for _ in range(tries):
+        y0, x0 = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+        score = mask[y0:y0 + crop, x0:x0 + crop].mean() if tries > 1 else 0.0
+        if best is None or score > best[0]:
+            best = (score, y0, x0)
+    _, y0, x0 = best
+    c, cm = image[y0:y0 + crop, x0:x0 + crop], mask[y0:y0 + crop, x0:x0 + crop]
+    k = rng.integers(0, 4)
+    c, cm = np.rot90(c, k), np.rot90(cm, k)
+    if rng.random() < 0.5:
+        c, cm = c[:, ::-1], cm[:, ::-1]
+    return np.ascontiguousarray(c), np.ascontiguousarray(cm)
 
 
 def hed_jitter_torch(x: torch.Tensor, gen: torch.Generator, sigma: float, bias: float = 0.01) -> torch.Tensor:

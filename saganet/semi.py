@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .augment import brightness_contrast, cutout, hed_jitter_torch, random_blur
+from .augment import brightness_contrast, cutout, hed_jitter_torch, random_blur, random_crop
 from .model.loss import LossConfig, class_loss, gate_agreement
 
 METHODS = ("fixmatch",)  # trained inside train.fit; "selftrain" (saganet/selftrain.py) wraps fit instead
@@ -52,24 +52,9 @@ def valid_crops(images, masks, idx, crop: int, rng: np.random.Generator):
     Returns uint8 crops (B, crop, crop, 3) and float masks (B, 1, crop, crop)."""
     xs, ms = [], []
     for i in idx:
-        im, m = images[i], masks[i]
-        h, w = m.shape
-        if h < crop or w < crop:
-            ph, pw = max(0, crop - h), max(0, crop - w)
-            im = np.pad(im, ((0, ph), (0, pw), (0, 0)), mode="reflect")
-            m = np.pad(m, ((0, ph), (0, pw)), mode="reflect")
-            h, w = m.shape
-        ys = rng.integers(0, h - crop + 1, CROP_TRIES)
-        xs0 = rng.integers(0, w - crop + 1, CROP_TRIES)
-        best = int(np.argmax([m[y:y + crop, x:x + crop].mean() for y, x in zip(ys, xs0)]))
-        y0, x0 = ys[best], xs0[best]
-        c, cm = im[y0:y0 + crop, x0:x0 + crop], m[y0:y0 + crop, x0:x0 + crop]
-        k = rng.integers(0, 4)
-        c, cm = np.rot90(c, k), np.rot90(cm, k)
-        if rng.random() < 0.5:
-            c, cm = c[:, ::-1], cm[:, ::-1]
-        xs.append(np.ascontiguousarray(c))
-        ms.append(np.ascontiguousarray(cm))
+        c, cm = random_crop(images[i], masks[i], crop, rng, tries=CROP_TRIES)
+        xs.append(c)
+        ms.append(cm)
     return np.stack(xs), torch.from_numpy(np.stack(ms)).unsqueeze(1).float()
 
 

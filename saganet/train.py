@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from . import semi
 from .atomic import atomic_write, atomic_write_text
+from .augment import random_crop
 from .data import load_dataset, load_images, user_masks
 from .evaluate import classification_metrics, predict
 from .model import SagaNet, load_torchvision_weights, saganet_loss, variant_config
@@ -72,23 +73,11 @@ def _random_crop_batch(images, masks, labels, idx, crop, rng, hed_sigma):
     """Random crop (reflect-padded if the image is smaller), flips, 90-degree rotations, HED jitter."""
     xs, ms = [], []
     for i in idx:
-        im, m = images[i], masks[i]
-        h, w = m.shape
-        if h < crop or w < crop:
-            ph, pw = max(0, crop - h), max(0, crop - w)
-            im = np.pad(im, ((0, ph), (0, pw), (0, 0)), mode="reflect")
-            m = np.pad(m, ((0, ph), (0, pw)), mode="reflect")
-            h, w = m.shape
-        y0, x0 = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
-        c, cm = im[y0:y0 + crop, x0:x0 + crop], m[y0:y0 + crop, x0:x0 + crop]
-        k = rng.integers(0, 4)
-        c, cm = np.rot90(c, k), np.rot90(cm, k)
-        if rng.random() < 0.5:
-            c, cm = c[:, ::-1], cm[:, ::-1]
+        c, cm = random_crop(images[i], masks[i], crop, rng)
         if hed_sigma > 0:
-            c = hed_jitter(np.ascontiguousarray(c), rng, sigma=hed_sigma)
-        xs.append(np.ascontiguousarray(c))
-        ms.append(np.ascontiguousarray(cm))
+            c = hed_jitter(c, rng, sigma=hed_sigma)
+        xs.append(c)
+        ms.append(cm)
     return np.stack(xs), np.stack(ms), torch.as_tensor(labels[idx], dtype=torch.long)
 
 
