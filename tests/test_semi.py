@@ -178,8 +178,10 @@ def test_self_training_pseudo_labels_per_class_and_keeps_the_budget(small, monke
 
     imgs, masks, y, classes, prep, pool = small
     teacher, _ = fit(imgs, masks, y, classes, CFG, prep, log=lambda m: None, progress=False)
-    chosen, pseudo, conf = selftrain.pseudo_label_images(teacher, prep, *pool, keep=0.5)
-    probs = selftrain.predict(teacher, prep, *pool)
+    prior = np.bincount(y, minlength=3) / len(y)
+    chosen, pseudo, conf = selftrain.pseudo_label_images(teacher, prep, *pool, keep=0.5, prior=prior)
+    probs = selftrain.align_to_prior(selftrain.predict(teacher, prep, *pool), prior)
+    np.testing.assert_allclose(probs.mean(0), prior, atol=1e-6)  # aligned to the labelled shares
     called = probs.argmax(1)
     for c in np.unique(called):  # per called class: the most confident half, nothing less confident
         mine = np.flatnonzero(called == c)
