@@ -134,7 +134,7 @@ class Cluster:
         self.chunk_tiles, self._local = chunk_tiles, None
         if kind == "local":
             self._local = LocalCluster(n_workers=where, threads_per_worker=1, processes=True,
-                                       dashboard_address=_dashboard_address(), silence_logs=logging.ERROR)
+                                       dashboard_address=":0", silence_logs=logging.ERROR)  # any free port
             self.client = Client(self._local)
         else:
             self.client = Client(where, timeout="30s")
@@ -145,7 +145,10 @@ class Cluster:
         except BaseException:
             self.close()
             raise
-        self.dashboard = self.client.dashboard_link if _dashboard_address() else None
+        # The scheduler's dashboard when it serves one; its pages need bokeh where the scheduler runs,
+        # which we can check only for a local cluster (without it the port serves /metrics only).
+        served = "dashboard" in self.client.scheduler_info().get("services", {})
+        self.dashboard = self.client.dashboard_link if served and (self._local is None or _has_bokeh()) else None
         log(f"cluster {address}: {len(self.client.scheduler_info()['workers'])} worker(s)"
             + (f", dashboard {self.dashboard}" if self.dashboard else ""))
 
@@ -199,13 +202,12 @@ class Cluster:
         self.close()
 
 
-def _dashboard_address():
-    """":0" (any free port) when the dashboard's dependency (bokeh) is installed, else None."""
+def _has_bokeh() -> bool:
     try:
         import bokeh  # noqa: F401
     except ImportError:
-        return None
-    return ":0"
+        return False
+    return True
 
 
 def predict_slide_on(cluster: Cluster, engine, path, out_dir, cfg, on_progress=None, should_stop=None) -> dict:
