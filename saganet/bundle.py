@@ -159,7 +159,7 @@ def export_bundle(source, out, mpp: float | None = None, tile_size: int | None =
     its AOTInductor package for this machine). `mpp`: microns per pixel of the images the run was
     trained on (before its --scale); the bundle records the MPP the network actually sees. For a
     bundle source, its own MPP, tile size and card are kept unless given."""
-    from .train import load_run
+    from .run import load_run
 
     source, out = Path(source), Path(out)
     for f in formats:

@@ -91,7 +91,8 @@ def plot_confusion(metrics: dict, path: Path, title: str = "") -> None:
 def eval_run(run_dir, data, out=None, skip_bad=False, exclude_train=False, mask_dir=None, log=print) -> dict:
     """The `saganet eval` command. exclude_train leaves out the images the run trained or validated on."""
     from .data import load_dataset, load_images, user_masks
-    from .train import load_run, prepare_images
+    from .run import load_run
+    from .train import prepare_images
 
     model, config, prep = load_run(run_dir)
     class_names = config["class_names"]

@@ -10,20 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from . import semi
-from .atomic import atomic_write, atomic_write_text
+from .atomic import atomic_write
 from .augment import random_crop
 from .data import load_dataset, load_images, user_masks
 from .evaluate import classification_metrics, predict
 from .model import SagaNet, load_torchvision_weights, saganet_loss, variant_config
-from .model.saganet import ModelConfig
 from .preprocess import Preprocessing, channel_stats
+from .run import load_run, save_run  # noqa: F401  (re-exported: runs are read and written in run.py)
 from .stain import hed_jitter, reinhard_target
 from .tissue import MaskConfig
 
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -269,34 +267,6 @@ def make_preprocessing(train_images_raw, cfg: TrainConfig) -> Preprocessing:
         scaled = [base.image(im) for im in train_images_raw]
     mean, std = channel_stats(scaled)
     return replace(base, mean=mean, std=std)
-
-
-def save_run(run_dir: Path, model: SagaNet, class_names, prep: Preprocessing, cfg: TrainConfig, metrics: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "weights.safetensors",
-                 lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p)))
-    config = {"format_version": FORMAT_VERSION, "class_names": list(class_names), "model": model.config.to_dict(),
-              "preprocessing": prep.to_dict(), "train": cfg.to_dict()}
-    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-
-
-def load_run(run_dir) -> tuple[SagaNet, dict, Preprocessing]:
-    run_dir = Path(run_dir)
-    cfg_path, w_path = run_dir / "config.json", run_dir / "weights.safetensors"
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: missing; is {run_dir} a finished training run?")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{cfg_path}: format_version {config.get('format_version')!r}, this saganet reads {FORMAT_VERSION}")
-    model = SagaNet(ModelConfig.from_dict(config["model"]))
-    model.load_state_dict(load_file(str(w_path)))
-    model.eval()
-    return model, config, Preprocessing.from_dict(config["preprocessing"])
 
 
 def split_validation(labels, fraction: float, seed: int):
