@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cluster-upload-bundle", action="store_true",
                    help="with --cluster: send the bundle's files to the workers instead of loading it from its path")
     r.add_argument("--chunk-tiles", type=int, default=CHUNK_TILES, help="with --cluster: tiles per task (default %(default)s)")
+    v = sub.add_parser("view", help="the slide viewer, read-only, over the results of `saganet predict` (in a browser)")
+    v.add_argument("results", help="a `saganet predict --out` folder")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    v.add_argument("--port", type=int, default=8001)
+    v.add_argument("--token", default=None, help="bearer token the page asks for once (also from $SAGANET_TOKEN)")
     return ap
 
 
@@ -228,6 +234,15 @@ def main(argv=None) -> int:
                 print(f"{len(summary['failed'])} of {len(args.slides)} slide(s) failed: {', '.join(summary['failed'])}",
                       file=sys.stderr)
                 return 1
+        elif args.command == "view":
+            import uvicorn
+
+            from .serve.viewer import create_viewer_app
+
+            log = lambda m: print(f"saganet view: {m}", file=sys.stderr, flush=True)  # noqa: E731
+            app = create_viewer_app(args.results, args.token or os.environ.get("SAGANET_TOKEN"), log)
+            log(f"viewer of {args.results} at http://{args.host}:{args.port}/")
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     except KeyboardInterrupt:
         print("interrupted; finished epochs/runs are saved and the command resumes where it stopped", file=sys.stderr)
         return 130

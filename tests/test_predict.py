@@ -10,6 +10,7 @@ from PIL import Image
 from saganet.cli import main
 from saganet.slide.pipeline import slide_call
 from saganet.slide.tiler import tile_grid
+from saganet.slide.writers import LEGEND_HEIGHT, LEGEND_MIN_WIDTH
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,8 @@ def test_slide_outputs(cmu_run, demo_bundle):
 
     thumb = Image.open(d / "thumbnail.png")
     for c in classes:
-        hm = Image.open(d / f"heatmap_{c}.png")
-        assert hm.size == thumb.size and hm.mode == "RGB"
+        hm = Image.open(d / f"heatmap_{c}.png")  # the map (thumbnail-sized, top left) over its legend band
+        assert hm.size == (max(thumb.width, LEGEND_MIN_WIDTH), thumb.height + LEGEND_HEIGHT) and hm.mode == "RGB"
     assert not list(d.glob("*.tmp"))
     summary = json.loads((cmu_run / "summary.json").read_text())
     assert summary["failed"] == [] and summary["slides"][0]["call"] == call
@@ -63,8 +64,8 @@ def test_slide_outputs(cmu_run, demo_bundle):
 def test_heatmap_marks_the_predicted_tiles(cmu_run):
     """Tiles are coloured where they were predicted and the grey thumbnail shows elsewhere."""
     d = cmu_run / "cmu_small_region"
-    hm = np.asarray(Image.open(d / "heatmap_TUM.png")).astype(int)
     grey = np.asarray(Image.open(d / "thumbnail.png").convert("L").convert("RGB")).astype(int)
+    hm = np.asarray(Image.open(d / "heatmap_TUM.png")).astype(int)[:grey.shape[0], :grey.shape[1]]
     coloured = (np.abs(hm - grey).sum(-1) > 6).mean()
     report = json.loads((d / "report.json").read_text())
     covered = report["tiles"] * 224 * 224 / (2220 * 2967)

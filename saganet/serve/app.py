@@ -3,18 +3,16 @@ the dynamic batcher, the job store and the metrics together."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .. import __version__
@@ -22,7 +20,8 @@ from ..slide.pipeline import PredictConfig
 from ..slide.reader import SlideError, open_reader
 from .batcher import DynamicBatcher, QueueFull
 from .jobs import JobRunner, JobStore
-from .security import Refused, authorised, confine, decode_tile, json_object, raw_tiles, read_body, read_form, safe_name
+from .security import Refused, confine, install_guard, decode_tile, json_object, raw_tiles, read_body, read_form, safe_name
+from .viewer import JobLibrary, is_public, mount_viewer
 
 MB = 1 << 20
 
@@ -111,6 +110,7 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     runner = JobRunner(store, _Shared(engine, lock), PredictConfig(batch_size=s.slide_batch_size, progress=False), _log,
                        cluster=cluster)
     slide_root = Path(s.slide_root) if s.slide_root else None
+    library = JobLibrary(store, slide_root)
     tile = engine.tile_size
 
     async def lifespan(app):
@@ -133,26 +133,13 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     app = FastAPI(title="saganet", version=__version__, lifespan=lifespan,
                   description="SagaNet tile and whole-slide inference. Demonstration models are not for diagnosis.")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        t0 = time.perf_counter()
-        if s.token and request.url.path != "/healthz" and not authorised(request.headers.get("authorization"), s.token):
-            response = JSONResponse({"error": "missing or wrong bearer token"}, 401, {"WWW-Authenticate": "Bearer"})
-        else:
-            try:
-                response = await call_next(request)
-            except Exception as e:  # never a bare 500 page; the message names what failed
-                _log(f"{request.method} {request.url.path}: {type(e).__name__}: {e}")
-                response = JSONResponse({"error": f"internal error: {type(e).__name__}"}, 500)
+    def observe(request: Request, status: int, seconds: float) -> None:
         route = request.scope.get("route")
         name = route.path if route is not None else "unmatched"
-        requests.labels(name, str(response.status_code)).inc()
-        latency.labels(name).observe(time.perf_counter() - t0)
-        return response
+        requests.labels(name, str(status)).inc()
+        latency.labels(name).observe(seconds)
 
-    @app.exception_handler(Refused)
-    async def refused(request: Request, e: Refused):
-        return JSONResponse({"error": e.message}, e.status, e.headers)
+    install_guard(app, s.token, _log, observe, public=is_public)
 
     @app.get("/healthz")
     async def healthz():
@@ -246,21 +233,10 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
         runner.wake.set()
         return {"id": job_id, "state": "queued", "status_url": f"/v1/slides/{job_id}"}
 
-    def job_or_404(job_id: str) -> dict:
-        job = store.get(job_id) if len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id) else None
-        if job is None:
-            raise Refused(404, f"no slide job {job_id!r}")
-        return job
-
-    def output(job_id: str, file: str, media_type: str):
-        job = job_or_404(job_id)
-        if job["state"] != "done":
-            raise Refused(409, f"job {job_id} is {job['state']}; outputs exist once it is done")
-        return FileResponse(store.out_dir(job_id) / file, media_type=media_type)
-
     @app.get("/v1/slides/{job_id}")
     async def slide_status(job_id: str):
-        job = job_or_404(job_id)
+        library.get(job_id)  # 404 for an unknown or malformed id
+        job = store.get(job_id)
         out = {k: job[k] for k in ("id", "state", "name", "progress", "created", "updated")}
         if job["state"] == "done":
             out |= job["result"] | {"outputs": {"geojson": f"/v1/slides/{job_id}/geojson", "tiles": f"/v1/slides/{job_id}/tiles.csv",
@@ -269,22 +245,6 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
             out["error"] = job["error"]
         return out
 
-    @app.get("/v1/slides/{job_id}/geojson")
-    async def slide_geojson(job_id: str):
-        return output(job_id, "tiles.geojson", "application/geo+json")
-
-    @app.get("/v1/slides/{job_id}/tiles.csv")
-    async def slide_tiles(job_id: str):
-        return output(job_id, "tiles.csv", "text/csv")
-
-    @app.get("/v1/slides/{job_id}/heatmap/{cls}")
-    async def slide_heatmap(job_id: str, cls: str):
-        if cls not in engine.class_names:
-            raise Refused(404, f"no class {cls!r}; classes: {', '.join(engine.class_names)}")
-        job_or_404(job_id)
-        report = store.out_dir(job_id) / "report.json"
-        heatmaps = json.loads(report.read_text())["outputs"]["heatmaps"] if report.is_file() else {}
-        return output(job_id, heatmaps.get(cls, "heatmap-missing.png"), "image/png")
-
+    mount_viewer(app, library, _log)
     app.state.store, app.state.batcher = store, batcher
     return app

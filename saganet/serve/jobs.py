@@ -47,16 +47,24 @@ class JobStore:
             self._db.execute("INSERT INTO jobs (id, state, source, name, uploaded, created, updated, mpp) "
                              "VALUES (?,?,?,?,?,?,?,?)", (job_id, "queued", str(source), name, int(uploaded), now, now, mpp))
 
-    def get(self, job_id: str) -> dict | None:
-        with self._lock:
-            row = self._db.execute("SELECT id, state, name, created, updated, progress, result, error FROM jobs WHERE id=?",
-                                   (job_id,)).fetchone()
-        if row is None:
-            return None
-        keys = ("id", "state", "name", "created", "updated", "progress", "result", "error")
-        job = dict(zip(keys, row))
+    _COLUMNS = ("id", "state", "name", "created", "updated", "progress", "result", "error", "source")
+
+    def _job(self, row) -> dict:
+        job = dict(zip(self._COLUMNS, row))
         job["result"] = json.loads(job["result"]) if job["result"] else None
         return job
+
+    def get(self, job_id: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(self._COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else self._job(row)
+
+    def recent(self, limit: int = 500) -> list[dict]:
+        """The newest `limit` jobs, newest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(self._COLUMNS)} FROM jobs ORDER BY created DESC LIMIT ?",
+                                    (limit,)).fetchall()
+        return [self._job(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -140,3 +140,32 @@ async def read_form(request, limit: int, max_files: int):
                                      max_fields=max_files + 16).parse()
     except MultiPartException as e:
         raise Refused(400, f"malformed multipart form: {e.message}") from None
+
+
+def install_guard(app, token: str | None, log, observe=None, public=lambda path: False) -> None:
+    """On every request: the bearer token (all paths but /healthz and `public(path)`, the viewer's
+    page and code), Refused -> its 4xx, any other error -> a 500 that names its type, never a bare
+    page. `observe(request, status, seconds)` records each response (metrics)."""
+    import time
+
+    from fastapi.responses import JSONResponse
+
+    @app.middleware("http")
+    async def guard(request, call_next):
+        t0 = time.perf_counter()
+        path = request.url.path
+        if token and path != "/healthz" and not public(path) and not authorised(request.headers.get("authorization"), token):
+            response = JSONResponse({"error": "missing or wrong bearer token"}, 401, {"WWW-Authenticate": "Bearer"})
+        else:
+            try:
+                response = await call_next(request)
+            except Exception as e:  # never a bare 500 page; the message names what failed
+                log(f"{request.method} {path}: {type(e).__name__}: {e}")
+                response = JSONResponse({"error": f"internal error: {type(e).__name__}"}, 500)
+        if observe is not None:
+            observe(request, response.status_code, time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(Refused)
+    async def refused(request, e: Refused):
+        return JSONResponse({"error": e.message}, e.status, e.headers)

@@ -167,7 +167,8 @@ def write_outputs(engine, plan: SlidePlan, out_dir: Path, batches, cfg: PredictC
             batches.close()
         table.close(complete)
         geojson.close(complete)
-    heatmaps = write_heatmaps(out_dir, plan.thumb, plan.dimensions, grid, probs, engine.class_names)
+    heatmaps = write_heatmaps(out_dir, plan.thumb, plan.dimensions, grid, probs, engine.class_names,
+                              engine.bundle.model_id)
     report = {
         "slide": str(path), "reader": plan.reader_kind, "dimensions": list(plan.dimensions),
         "mpp": plan.mpp, "mpp_source": plan.mpp_source,
