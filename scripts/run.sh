@@ -47,6 +47,9 @@ Starting the server at $URL (OpenAPI: $URL/docs). Try, from another terminal:
   curl -o tiles.geojson $URL/v1/slides/ID/geojson
   curl -o tiles.csv $URL/v1/slides/ID/tiles.csv
   curl -o heatmap_TUM.png $URL/v1/slides/ID/heatmap/TUM
+The results of the prediction above, read-only in the same viewer: .venv/bin/saganet view $OUT --port 8001
+
+Viewer (the slides, their heatmaps and tile calls in a browser): $URL/
 MSG
 exec .venv/bin/python -m saganet.serve --model models/demo-crc7 --port "$PORT" --slide-root .cache/demo \
     --state-dir runs/serve-state

@@ -10,12 +10,17 @@ NEED=()
 [ -f /usr/include/openssl/evp.h ] || NEED+=(libssl-dev)
 [ -f /usr/include/openslide/openslide.h ] || NEED+=(libopenslide-dev)
 command -v pkg-config > /dev/null || NEED+=(pkg-config)
+# The viewer's browser tests drive a real headless Chromium through its WebDriver; npm installs
+# OpenSeadragon, which the server serves from node_modules.
+command -v chromium > /dev/null || NEED+=(chromium)
+command -v chromedriver > /dev/null || NEED+=(chromium-driver)
+command -v npm > /dev/null || NEED+=(npm)
 if [ ${#NEED[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${NEED[@]}" > /dev/null
   else
-    echo "setup: install ${NEED[*]} (Debian/Ubuntu names) for the native engine and the scanner;" \
-         "without them saganet builds without the native engine" >&2
+    echo "setup: install ${NEED[*]} (Debian/Ubuntu names): the native engine and the scanner need the" \
+         "libraries, the viewer needs npm, its tests Chromium and chromedriver" >&2
   fi
 fi
 if [ ! -x .venv/bin/python ]; then
@@ -27,3 +32,9 @@ fi
 # Builds the native parts too (CMake: kernels, CUDA kernels when nvcc is found, torch op, saganet._C).
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
+# The viewer's JavaScript dependency (OpenSeadragon), exactly as package-lock.json pins it.
+if command -v npm > /dev/null; then
+  npm ci --no-audit --no-fund --loglevel=error
+else
+  echo "setup: npm not found; the viewer at / cannot show slides until \`npm ci\` runs here" >&2
+fi

@@ -1,0 +1,235 @@
+"""The viewer's HTTP side on a real server and in-process: deep-zoom descriptor and tiles (pixels equal
+OpenSlide's reads), refusals, the token, result layers, the tile under a point, and `saganet view`."""
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from serve_helpers import Server
+from shared_data import DEMO_BUNDLE
+
+TOKEN = "viewer-token"
+SLIDE = "cmu_small_region.svs"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, data_dir):
+    """A server with a token and a slide root holding the demo slide, whose job is done."""
+    tmp = tmp_path_factory.mktemp("viewer")
+    root = tmp / "root"
+    root.mkdir()
+    shutil.copy(data_dir / "wsi" / SLIDE, root / SLIDE)
+    s = Server(DEMO_BUNDLE, tmp / "state", "--backend", "onnxruntime", "--slide-root", root, token=TOKEN)
+    try:
+        job = s.client.post("/v1/slides", json={"path": SLIDE}).json()["id"]
+        assert s.wait_job(job)["state"] == "done"
+        yield s, job, tmp / "state"
+    finally:
+        s.stop()
+
+
+def _as_served(rgb: np.ndarray) -> bytes:
+    """Pixels encoded as the server encodes deep-zoom tiles: equal bytes mean equal pixels."""
+    from saganet.slide.deepzoom import JPEG_QUALITY
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _jpeg(data: bytes) -> np.ndarray:
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "JPEG"
+    return np.asarray(im.convert("RGB")).astype(np.float64)
+
+
+def _region(path, x, y, level, w, h) -> np.ndarray:
+    import openslide
+
+    with openslide.OpenSlide(str(path)) as s:
+        rgba = s.read_region((x, y), level, (w, h))
+    white = Image.new("RGB", rgba.size, "white")
+    white.paste(rgba, mask=rgba.split()[3])
+    return np.asarray(white).astype(np.float64)
+
+
+def test_dzi_and_full_resolution_tiles_equal_openslide(served, data_dir):
+    s, job, _ = served
+    dzi = s.client.get(f"/v1/slides/{job}/dzi")
+    assert dzi.status_code == 200 and dzi.headers["content-type"].startswith("application/xml")
+    assert 'Width="2220"' in dzi.text and 'Height="2967"' in dzi.text and 'TileSize="254"' in dzi.text
+    top = 12  # ceil(log2(2967)) = 12: the full-resolution level
+    for col, row in [(0, 0), (3, 5), (8, 11)]:
+        r = s.client.get(f"/v1/slides/{job}/dzi_files/{top}/{col}_{row}.jpeg")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        tile = _jpeg(r.content)
+        # 254 px tiles with 1 px of overlap: each starts 1 px before its cell, except on the first row/column.
+        x0, y0 = max(0, col * 254 - 1), max(0, row * 254 - 1)
+        w, h = tile.shape[1], tile.shape[0]
+        ref = _region(data_dir / "wsi" / SLIDE, x0, y0, 0, w, h)
+        assert r.content == _as_served(ref), (col, row)
+    twice = [s.client.get(f"/v1/slides/{job}/dzi_files/{top}/8_11.jpeg").content for _ in range(2)]
+    assert twice[0] == twice[1] == r.content  # the cache gives what a read gave
+
+
+def test_levels_of_a_two_level_slide_equal_openslide_reads(tmp_path, data_dir):
+    """In-process through `saganet view`'s app, on a slide whose second level is a 2.0005x reduction:
+    full-resolution tiles are level-0 reads; the 2x deep-zoom level is read at level 0 (2.0005 is not
+    fine enough for 2x) and reduced 2x with Lanczos, as OpenSlide's DeepZoomGenerator does."""
+    from fastapi.testclient import TestClient
+
+    from saganet.serve.viewer import create_viewer_app
+
+    slide = data_dir / "wsi" / "tcga-cr-7395-01a-01-ts1.svs"
+    (tmp_path / "tcga").mkdir()
+    (tmp_path / "tcga" / "report.json").write_text(json.dumps({"slide": str(slide)}))
+    with TestClient(create_viewer_app(tmp_path)) as client:
+        assert 'Width="4443"' in client.get("/v1/slides/tcga/dzi").text
+        top = 13  # 4443 px: levels 0..13
+        for level, col, row in [(top, 4, 7), (top - 1, 2, 3), (top - 1, 5, 1)]:
+            served = client.get(f"/v1/slides/tcga/dzi_files/{level}/{col}_{row}.jpeg").content
+            tile = _jpeg(served)
+            scale = 2 ** (top - level)
+            ref = _region(slide, scale * (col * 254 - 1), scale * (row * 254 - 1), 0,
+                          scale * tile.shape[1], scale * tile.shape[0])
+            if scale > 1:
+                im = Image.fromarray(ref.astype(np.uint8))
+                im.thumbnail((tile.shape[1], tile.shape[0]), Image.LANCZOS)
+                ref = np.asarray(im)
+            assert served == _as_served(ref), (level, col, row)
+        r = client.get(f"/v1/slides/tcga/dzi_files/{top + 1}/0_0.jpeg")
+        assert r.status_code == 404 and "level 14 does not exist" in r.json()["error"]
+
+
+def test_tile_requests_that_are_refused(served):
+    s, job, _ = served
+    base = f"/v1/slides/{job}/dzi_files"
+    cases = {
+        f"{base}/13/0_0.jpeg": 404,  # level out of range
+        f"{base}/12/9_0.jpeg": 404,  # column out of range (9 columns at the full level: 0..8)
+        f"{base}/12/0_12.jpeg": 404,  # row out of range
+        f"{base}/0/1_0.jpeg": 404,
+        f"{base}/x/0_0.jpeg": 422,
+        f"{base}/12/a_b.jpeg": 422,
+        f"{base}/12/0_0.png": 422,
+        f"{base}/-1/0_0.jpeg": 422,
+        f"{base}/12/-1_0.jpeg": 422,
+        f"{base}/99999999999/0_0.jpeg": 422,
+        f"{base}/12/0_0.jpeg%00": 422,
+        "/v1/slides/..%2F..%2Fetc%2Fpasswd/dzi": 404,
+        "/v1/slides/%2E%2E/dzi": 404,
+        "/v1/slides/" + "a" * 5000 + "/dzi": 404,
+        "/v1/slides/" + "0" * 32 + "/dzi": 404,
+        f"/v1/slides/{job.upper()}/dzi": 404,
+        f"/v1/slides/{job}/layers/nope.png": 404,
+        f"/v1/slides/{job}/layers/prob/NOPE.png": 404,
+        f"/v1/slides/{job}/tile-at?x=abc&y=1": 422,
+        f"/v1/slides/{job}/tile-at?x=-1&y=1": 422,
+        f"/v1/slides/{job}/tile-at?x=1&y=99999": 422,
+        f"/v1/slides/{job}/tile-at?x=nan&y=1": 422,
+        f"/v1/slides/{job}/tile-at?x=1": 422,
+    }
+    for url, status in cases.items():
+        r = s.client.get(url)
+        assert r.status_code == status, (url, r.status_code, r.text[:200])
+    assert s.alive()
+
+
+def test_token_guards_everything_but_the_page(served):
+    import httpx
+
+    s, job, _ = served
+    anon = httpx.Client(base_url=s.url)
+    for url in ["/v1/slides", "/v1/slide-root", f"/v1/slides/{job}/layout", f"/v1/slides/{job}/dzi",
+                f"/v1/slides/{job}/dzi_files/12/0_0.jpeg", f"/v1/slides/{job}/layers/class.png",
+                f"/v1/slides/{job}/layers/prob/TUM.png", f"/v1/slides/{job}/tile-at?x=10&y=10",
+                f"/v1/slides/{job}/geojson", f"/v1/slides/{job}/tiles.csv", f"/v1/slides/{job}/heatmap/TUM"]:
+        assert anon.get(url).status_code == 401, url
+        assert anon.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401, url
+        assert s.client.get(url).status_code == 200, url
+    for url in ["/", "/static/viewer.js", "/static/viewer.css", "/vendor/openseadragon/openseadragon.min.js"]:
+        r = anon.get(url)
+        assert r.status_code == 200 and job not in r.text, url
+    assert anon.get("/static/..%2Fviewer.py").status_code == 404  # nothing but the page files is public
+    assert anon.get("/static/../v1/slides").status_code == 401
+
+
+def test_slide_lists(served):
+    s, job, _ = served
+    slides = s.client.get("/v1/slides").json()
+    assert slides["writable"] is True and slides["slides"][0]["id"] == job and slides["slides"][0]["state"] == "done"
+    assert s.client.get("/v1/slide-root").json() == {"slides": [SLIDE]}
+
+
+def _table(out_dir):
+    with open(out_dir / "tiles.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_layers_and_tile_at_equal_the_tile_table(served):
+    s, job, state = served
+    rows = _table(state / "jobs" / job)
+    layout = s.client.get(f"/v1/slides/{job}/layout").json()
+    classes, grid = layout["classes"], layout["grid"]
+    assert layout["state"] == "done" and layout["mpp"] == 0.499 and layout["model"].startswith("demo-crc7")
+    assert layout["tiles"] == len(rows) and grid["cols"] == 2220 // 224 and grid["rows"] == 2967 // 224
+    k = grid["cell_px"]
+    class_map = np.asarray(Image.open(io.BytesIO(s.client.get(layout["layers"]["class"]).content)))
+    tum = np.asarray(Image.open(io.BytesIO(s.client.get(layout["layers"]["prob"]["TUM"]).content)))
+    assert class_map.shape == (grid["rows"] * k, grid["cols"] * k, 4) == tum.shape
+    colours = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in layout["colours"]]
+    tiled = np.zeros((grid["rows"], grid["cols"]), bool)
+    for row in rows:
+        col, r = round(int(row["x"]) / grid["size0"]), round(int(row["y"]) / grid["size0"])
+        tiled[r, col] = True
+        pixel = class_map[r * k + k // 2, col * k + k // 2]
+        assert tuple(pixel[:3]) == colours[classes.index(row["predicted"])] and pixel[3] == 255
+        # tile-at anywhere inside the tile gives this row, exactly as written
+        x, y = int(row["x"]) + 5, int(row["y"]) + int(row["size"]) - 5
+        tile = s.client.get(f"/v1/slides/{job}/tile-at", params={"x": x, "y": y}).json()["tile"]
+        assert (tile["x"], tile["y"], tile["predicted"]) == (int(row["x"]), int(row["y"]), row["predicted"])
+        assert tile["valid_fraction"] == float(row["valid_fraction"])
+        assert {c: f"{p:.6f}" for c, p in tile["probs"].items()} == {c: row[f"prob_{c}"] for c in classes}
+    assert (class_map[k // 2::k, k // 2::k, 3] == 255 * tiled).all()  # transparent where no tile
+    assert (tum[k // 2::k, k // 2::k, 3] == 255 * tiled).all()
+    glass = np.argwhere(~tiled)[0]
+    at = s.client.get(f"/v1/slides/{job}/tile-at", params={"x": glass[1] * 224 + 100, "y": glass[0] * 224 + 100})
+    assert at.status_code == 200 and at.json() == {"tile": None}
+
+
+def test_downloads_and_heatmap_legend(served):
+    s, job, _ = served
+    layout = s.client.get(f"/v1/slides/{job}/layout").json()
+    for name, url in layout["downloads"].items():
+        r = s.client.get(url)
+        assert r.status_code == 200 and len(r.content) > 100, name
+    hm = Image.open(io.BytesIO(s.client.get(layout["downloads"]["heatmap TUM"]).content))
+    thumb_height = hm.height - 52
+    band = np.asarray(hm.convert("RGB"))[thumb_height:]
+    assert (band == 255).mean() > 0.7 and (band < 60).any()  # a white band with text and a colour bar
+
+
+def test_view_serves_predict_results_read_only(served):
+    """`saganet view` over a folder of results (here the server's job folders, which have the same layout)."""
+    from fastapi.testclient import TestClient
+
+    from saganet.serve.viewer import create_viewer_app
+
+    s, job, state = served
+    with TestClient(create_viewer_app(state / "jobs", token="t")) as client:
+        auth = {"Authorization": "Bearer t"}
+        assert client.get("/v1/slides").status_code == 401
+        listed = client.get("/v1/slides", headers=auth).json()
+        assert listed["writable"] is False and [e["id"] for e in listed["slides"]] == [job]
+        assert client.get("/v1/slide-root", headers=auth).json() == {"slides": []}
+        assert client.post("/v1/slides", headers=auth, json={"path": SLIDE}).status_code == 405
+        served_layout = s.client.get(f"/v1/slides/{job}/layout").json()
+        layout = client.get(f"/v1/slides/{job}/layout", headers=auth).json()
+        assert {k: v for k, v in layout.items() if k != "name"} == {k: v for k, v in served_layout.items() if k != "name"}
+        assert client.get(f"/v1/slides/{job}/dzi_files/12/1_1.jpeg", headers=auth).content == \
+            s.client.get(f"/v1/slides/{job}/dzi_files/12/1_1.jpeg").content
+        assert client.get("/v1/slides/..%2F..%2Fetc/layout", headers=auth).status_code == 404
+        assert client.get("/", headers=auth).status_code == 200
