@@ -233,3 +233,119 @@ def test_view_serves_predict_results_read_only(served):
             s.client.get(f"/v1/slides/{job}/dzi_files/12/1_1.jpeg").content
         assert client.get("/v1/slides/..%2F..%2Fetc/layout", headers=auth).status_code == 404
         assert client.get("/", headers=auth).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from browser import chrome
+
+    driver = chrome()
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, condition, what: str, timeout: float = 30):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, f"timed out waiting for {what}")
+
+
+def _settled(driver, items: int):
+    """Wait until every image is loaded and drawn, then for two equal canvas reads in a row."""
+    import time
+
+    from browser import CANVAS_JS, SETTLED_JS
+
+    _wait(driver, lambda d: d.execute_script(SETTLED_JS, items), f"{items} images loaded and drawn")
+    last = None
+    for _ in range(50):
+        now = driver.execute_script(CANVAS_JS, "stats")
+        if last is not None and now == last:
+            return now
+        last = now
+        time.sleep(0.15)
+    return last
+
+
+def test_viewer_in_a_real_browser(served, browser):
+    """Chromium against the live server: the token asked once (a wrong one refused), the slide chosen
+    from the list and drawn, the heatmap on changes the pixels and opacity 0 restores them, a click on a
+    known tile shows that tile's row of the tile table, the scale bar, and no tile without the token."""
+    from browser import CANVAS_JS, shot
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    s, job, state = served
+    d = browser
+    d.get(s.url + "/")
+    dialog = d.find_element(By.ID, "token-dialog")
+    _wait(d, lambda _: dialog.get_attribute("open") is not None, "the token question")
+    shot(d, "01-token")
+    d.find_element(By.ID, "token-input").send_keys("wrong-token", Keys.ENTER)
+    _wait(d, lambda _: dialog.get_attribute("open") is not None and "refused" in dialog.text, "a refused token")
+    token_input = d.find_element(By.ID, "token-input")
+    token_input.clear()
+    token_input.send_keys(TOKEN, Keys.ENTER)
+    item = _wait(d, lambda _: d.find_elements(By.CSS_SELECTOR, f"#slide-list li[data-id='{job}']"), "the slide list")[0]
+    assert SLIDE in item.text and "done" in item.text
+    assert d.find_element(By.ID, "root-list").text == SLIDE
+
+    item.click()
+    _wait(d, lambda _: d.find_element(By.ID, "slide-name").text == SLIDE, "the side panel")
+    before = _settled(d, 4)  # the slide and its three layers (hidden: opacity 0)
+    assert before["drawn"] > 0.2, before  # tiles are drawn: the canvas is not blank
+    shot(d, "02-slide")
+    assert "MUS" in d.find_element(By.ID, "info-call").text and "demo-crc7" in d.find_element(By.ID, "info-model").text
+    assert d.find_element(By.ID, "scale-text").text.endswith(("µm", "mm"))
+    d.execute_script(CANVAS_JS, "snapshot")
+
+    d.find_element(By.ID, "prob-on").click()
+    heat = _settled(d, 4)
+    assert heat["diff"] > 5, heat  # the heatmap changes the pixels
+    shot(d, "03-heatmap")
+    d.find_element(By.ID, "prob-opacity").send_keys(Keys.HOME)  # the slider to 0
+    assert d.find_element(By.ID, "prob-opacity").get_attribute("value") == "0"
+    faded = _settled(d, 4)
+    assert faded["diff"] < 0.01, faded  # opacity 0 restores the slide's pixels
+    d.find_element(By.ID, "class-on").click()
+    shot(d, "04-class-map")
+    d.find_element(By.ID, "class-on").click()
+
+    rows = _table(state / "jobs" / job)
+    row = max(rows, key=lambda r: float(r["prob_TUM"]))  # a known tile: the most tumour-like
+    size = int(row["size"])
+    cx, cy = d.execute_script(
+        "const p = window.saganet.viewer.world.getItemAt(0).imageToViewerElementCoordinates("
+        "new OpenSeadragon.Point(arguments[0], arguments[1])); return [p.x, p.y];",
+        int(row["x"]) + size / 2, int(row["y"]) + size / 2)
+    view = d.find_element(By.ID, "view")
+    ActionChains(d).move_to_element_with_offset(view, cx - view.size["width"] / 2, cy - view.size["height"] / 2) \
+        .click().perform()
+    _wait(d, lambda _: f"({row['x']}, {row['y']})" in d.find_element(By.ID, "tile-where").text, "the tile panel")
+    assert d.find_element(By.ID, "tile-class").text == row["predicted"]
+    assert d.find_element(By.ID, "tile-valid").text == f"{float(row['valid_fraction']):.4f}"
+    shown = {tr.get_attribute("data-cls"): tr.find_elements(By.TAG_NAME, "td")[1].text
+             for tr in d.find_elements(By.CSS_SELECTOR, "#tile-probs tr")}
+    assert shown == {c: row[f"prob_{c}"] for c in json.loads(s.client.get(f"/v1/slides/{job}/layout").text)["classes"]}
+    assert d.find_elements(By.CSS_SELECTOR, ".tile-box")
+    shot(d, "05-tile")
+
+    status = d.execute_script(
+        "return Promise.all([fetch(arguments[0]).then(r => r.status),"
+        " fetch(arguments[0], {headers: {Authorization: 'Bearer ' + window.saganet.token}}).then(r => r.status)]);",
+        f"/v1/slides/{job}/dzi_files/12/0_0.jpeg")
+    assert status == [401, 200]
+    errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
+    assert not errors, errors
+
+    # Submitting from the page: a slide of the slide root becomes a new job, shown while it runs and
+    # opened with its layers once done.
+    d.find_element(By.CSS_SELECTOR, "#root-list li").click()
+    _wait(d, lambda _: len(d.find_elements(By.CSS_SELECTOR, "#slide-list li")) == 2, "the new job in the list")
+    new = d.find_element(By.CSS_SELECTOR, "#slide-list li.current").get_attribute("data-id")
+    assert new != job
+    _wait(d, lambda _: d.find_element(By.ID, "info-state").text == "done", "the new job done", timeout=180)
+    _wait(d, lambda _: not d.find_element(By.ID, "layers").get_attribute("hidden"), "the new job's layers")
+    assert s.client.get(f"/v1/slides/{new}").json()["state"] == "done"
+    shot(d, "06-submitted")
