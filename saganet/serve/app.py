@@ -133,8 +133,8 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     app = FastAPI(title="saganet", version=__version__, lifespan=lifespan,
                   description="SagaNet tile and whole-slide inference. Demonstration models are not for diagnosis.")
 
-    def observe(request: Request, status: int, seconds: float) -> None:
-        route = request.scope.get("route")
+    def observe(scope, status: int, seconds: float) -> None:
+        route = scope.get("route")
         name = route.path if route is not None else "unmatched"
         requests.labels(name, str(status)).inc()
         latency.labels(name).observe(seconds)

@@ -153,29 +153,44 @@ class ResultsLibrary:
 
 
 class _LRU:
-    """A small thread-safe LRU; `on_evict` closes what falls out (open slides)."""
+    """A small thread-safe LRU; `on_evict` closes what falls out (open slides). A value is made once:
+    concurrent requests for a key being made wait for it (two tiles of a new slide open it once)."""
 
     def __init__(self, size: int, on_evict=None):
         self.size, self.on_evict = size, on_evict
         self._items: OrderedDict = OrderedDict()
+        self._making: dict = {}
         self._lock = threading.Lock()
+
+    def peek(self, key):
+        """The cached value or None; makes nothing."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
 
     def get(self, key, make):
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = make()  # outside the lock: a slow read must not hold up cached answers
-        with self._lock:
-            if key in self._items:  # made twice by a race: keep the first
-                if self.on_evict:
-                    self.on_evict(value)
-                return self._items[key]
-            self._items[key] = value
-            while len(self._items) > self.size:
-                _, old = self._items.popitem(last=False)
-                if self.on_evict:
-                    self.on_evict(old)
+            making = self._making.setdefault(key, threading.Lock())
+        with making:  # outside the main lock: a slow make must not hold up cached answers
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            try:
+                value = make()
+            finally:
+                with self._lock:
+                    self._making.pop(key, None)
+            with self._lock:
+                self._items[key] = value
+                while len(self._items) > self.size:
+                    _, old = self._items.popitem(last=False)
+                    if self.on_evict:
+                        self.on_evict(old)
         return value
 
 
@@ -263,22 +278,23 @@ def viewer_router(library, readers: int = 4) -> APIRouter:
 
     @router.get("/v1/slides/{slide_id}/dzi_files/{level}/{name}")
     async def dzi_tile(slide_id: str, level: str, name: str):
-        entry = library.get(slide_id)
         m = TILE_NAME.fullmatch(name)
         if not level.isdigit() or len(level) > 3 or m is None:
             raise Refused(422, f"a tile is /dzi_files/LEVEL/COL_ROW.jpeg with whole numbers, got {level}/{name}")
-        key = (entry.id, int(level), int(m[1]), int(m[2]))
-        dz = await off_loop(deepzoom, entry)
+        key = (slide_id, int(level), int(m[1]), int(m[2]))
+        data = tiles.peek(key)  # a cached tile is answered on the loop: only ids that were valid are cached
+        if data is None:
+            entry = library.get(slide_id)
 
-        def read():
-            try:
-                return dz.tile(*key[1:])
-            except SlideError as e:
-                raise Refused(422, str(e)) from None
-            except ValueError as e:
-                raise Refused(404, str(e)) from None
+            def read():
+                try:
+                    return deepzoom(entry).tile(*key[1:])
+                except SlideError as e:
+                    raise Refused(422, str(e)) from None
+                except ValueError as e:
+                    raise Refused(404, str(e)) from None
 
-        data = await off_loop(tiles.get, key, read)
+            data = await off_loop(tiles.get, key, read)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     async def layer_png(entry: SlideEntry, kind: str, cls: str | None = None) -> Response:
@@ -347,6 +363,7 @@ def viewer_router(library, readers: int = 4) -> APIRouter:
 
 def mount_viewer(app: FastAPI, library, log) -> None:
     """The viewer's routes and files on `app`."""
+    class_colours(1)  # imports matplotlib now: an import on a first request holds the GIL for 0.4 s
     router = viewer_router(library)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -134,6 +134,11 @@ function makeViewer() {
   state.viewer = window.OpenSeadragon({
     element: $("view"),
     prefixUrl: "/vendor/openseadragon/images/",
+    // Our own buttons: OpenSeadragon's are 16 images, fetched ahead of the slide's first tiles.
+    zoomInButton: "zoom-in",
+    zoomOutButton: "zoom-out",
+    homeButton: "home",
+    fullPageButton: "full-page",
     drawer: "canvas", // a 2-D canvas: pixels the tests can read
     loadTilesWithAjax: true, // so tile requests carry the token
     ajaxHeaders: authHeaders(),
@@ -160,16 +165,19 @@ function opened(viewer) {
 }
 
 async function openSlide(id, keepView = false) {
-  const layout = await apiJSON(`/v1/slides/${id}/layout`);
   const sameSlide = state.layout && state.layout.id === id;
   state.current = id;
-  state.layout = layout;
   history.replaceState(null, "", `?slide=${id}`);
   for (const li of $("slide-list").children) li.className = li.dataset.id === id ? "current" : "";
   $("empty").hidden = true;
-  if (!sameSlide || !keepView) {
-    const wait = opened(state.viewer);
-    state.viewer.open({ tileSource: layout.dzi });
+  let wait = null;
+  if (!sameSlide || !keepView) { // the pyramid and the slide's details are asked for together
+    wait = opened(state.viewer);
+    state.viewer.open({ tileSource: `/v1/slides/${id}/dzi` });
+  }
+  const layout = await apiJSON(`/v1/slides/${id}/layout`);
+  state.layout = layout;
+  if (wait) {
     await wait;
     state.layers = {};
     state.tileBox = null;
