@@ -383,10 +383,9 @@ async function start() {
     return;
   }
   makeViewer();
-  await refreshSlides();
-  await refreshRoot();
   const wanted = new URLSearchParams(location.search).get("slide");
-  if (wanted && state.slides.some((s) => s.id === wanted)) await openSlide(wanted);
+  // A slide named in the address opens while the lists load, not after them.
+  await Promise.all([refreshSlides().then(refreshRoot), wanted ? openSlide(wanted) : null]);
 }
 
 start().catch((e) => say(e.message));
