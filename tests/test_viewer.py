@@ -171,6 +171,51 @@ def test_slide_lists(served):
     assert s.client.get("/v1/slide-root").json() == {"slides": [SLIDE]}
 
 
+def test_a_slide_swapped_for_a_link_outside_the_root_is_refused(served, data_dir, tmp_path):
+    s, _, state = served
+    root = state.parent / "root"
+    shutil.copy(data_dir / "wsi" / SLIDE, root / "swap.svs")
+    job = s.client.post("/v1/slides", json={"path": "swap.svs"}).json()["id"]
+    assert s.wait_job(job)["state"] == "done"
+    outside = tmp_path / "outside.svs"
+    shutil.copy(data_dir / "wsi" / SLIDE, outside)
+    (root / "swap.svs").unlink()
+    (root / "swap.svs").symlink_to(outside)
+    for url in (f"/v1/slides/{job}/dzi", f"/v1/slides/{job}/layout", f"/v1/slides/{job}/dzi_files/12/1_1.jpeg"):
+        r = s.client.get(url)
+        assert r.status_code == 403 and "outside the slide root" in r.json()["error"], url
+    (root / "swap.svs").unlink()
+    assert s.client.get(f"/v1/slides/{job}/dzi").status_code == 404  # gone: named, not a 500
+    assert "swap.svs" not in s.client.get("/v1/slide-root").json()["slides"]
+
+
+def test_plain_images_are_pyramids_with_transparency_made_white(tmp_path):
+    """A PNG through `saganet view`: deep-zoom tiles are its pixels, transparent ones white (the
+    pipeline's and training's rule)."""
+    from fastapi.testclient import TestClient
+
+    from saganet.serve.viewer import create_viewer_app
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (600, 700, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[:100, :100, 3] = 0  # a transparent corner
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "image.png")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "report.json").write_text(json.dumps({"slide": str(tmp_path / "image.png")}))
+    with TestClient(create_viewer_app(tmp_path)) as client:
+        assert 'Width="700"' in client.get("/v1/slides/img/dzi").text
+        served = client.get("/v1/slides/img/dzi_files/10/0_0.jpeg").content  # 700 px: level 10 is full size
+        ref = rgba[:255, :255, :3].copy()
+        ref[:100, :100] = 255
+        assert served == _as_served(ref)
+        (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        (tmp_path / "img2").mkdir()
+        (tmp_path / "img2" / "report.json").write_text(json.dumps({"slide": str(tmp_path / "image.png")}))
+        r = client.get("/v1/slides/img2/dzi")
+        assert r.status_code == 422 and "image.png" in r.json()["error"]
+
+
 def _table(out_dir):
     with open(out_dir / "tiles.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -230,7 +275,8 @@ def test_view_serves_predict_results_read_only(served):
         auth = {"Authorization": "Bearer t"}
         assert client.get("/v1/slides").status_code == 401
         listed = client.get("/v1/slides", headers=auth).json()
-        assert listed["writable"] is False and [e["id"] for e in listed["slides"]] == [job]
+        assert listed["writable"] is False and job in [e["id"] for e in listed["slides"]]
+        assert all(e["state"] == "done" for e in listed["slides"])
         assert client.get("/v1/slide-root", headers=auth).json() == {"slides": []}
         assert client.post("/v1/slides", headers=auth, json={"path": SLIDE}).status_code == 405
         served_layout = s.client.get(f"/v1/slides/{job}/layout").json()
@@ -348,13 +394,27 @@ def test_viewer_in_a_real_browser(served, browser):
 
     # Submitting from the page: a slide of the slide root becomes a new job, shown while it runs and
     # opened with its layers once done.
+    def new_current(known):
+        def check(_):
+            current = d.find_elements(By.CSS_SELECTOR, "#slide-list li.current")
+            name = current[0].get_attribute("data-id") if current else None
+            return name if name and name not in known else False
+        return check
+
+    known = {li.get_attribute("data-id") for li in d.find_elements(By.CSS_SELECTOR, "#slide-list li")}
     d.find_element(By.CSS_SELECTOR, "#root-list li").click()
-    _wait(d, lambda _: len(d.find_elements(By.CSS_SELECTOR, "#slide-list li")) == 2, "the new job in the list")
-    new = d.find_element(By.CSS_SELECTOR, "#slide-list li.current").get_attribute("data-id")
-    assert new != job
+    new = _wait(d, new_current(known), "the new job, current in the list")
     shown = "const l = window.saganet.layout; return l && l.id === arguments[0] ? l.state : null;"
     _wait(d, lambda _: d.execute_script(shown, new) == "done", "the new job done, in the panel", timeout=180)
     assert d.find_element(By.ID, "info-state").text == "done"
     _wait(d, lambda _: not d.find_element(By.ID, "layers").get_attribute("hidden"), "the new job's layers")
     assert s.client.get(f"/v1/slides/{new}").json()["state"] == "done"
     shot(d, "06-submitted")
+
+    # An upload from the page.
+    known.add(new)
+    d.find_element(By.ID, "upload-file").send_keys(str(state.parent / "root" / SLIDE))
+    d.find_element(By.CSS_SELECTOR, "#upload-form button").click()
+    uploaded = _wait(d, new_current(known), "the uploaded job, current in the list")
+    _wait(d, lambda _: d.execute_script(shown, uploaded) == "done", "the upload done, in the panel", timeout=180)
+    shot(d, "07-uploaded")

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from openslide import OpenSlide
 from PIL import Image
 
 from .reader import MAX_PLAIN_PIXELS, PLAIN_SUFFIXES, SlideError, is_slide, open_slide, read_rgb
@@ -51,7 +52,7 @@ class DeepZoom:
         self.generator = DeepZoomGenerator(self.slide, tile_size=TILE_SIZE, overlap=OVERLAP, limit_bounds=False)
         self.levels = self.generator.level_count
         self.dimensions = tuple(self.slide.dimensions)
-        if isinstance(self.slide, openslide.OpenSlide):
+        if isinstance(self.slide, OpenSlide):
             global _cache
             _cache = _cache or openslide.OpenSlideCache(CACHE_BYTES)
             self.slide.set_cache(_cache)
@@ -65,7 +66,7 @@ class DeepZoom:
         """A whole level, read in horizontal strips on two threads when strips map to whole level-0
         rows (an integer downsample), else in one read."""
         ds = self.slide.level_downsamples[level]
-        strips = max(1, min(8, h // 256)) if float(ds).is_integer() else 1
+        strips = max(1, min(8, h // 256)) if float(ds).is_integer() and isinstance(self.slide, OpenSlide) else 1
         edges = np.linspace(0, h, strips + 1).astype(int)
 
         def strip(i):
@@ -124,21 +125,25 @@ class DeepZoom:
 
 
 def _image_slide(path: Path):
+    """A plain image as an OpenSlide ImageSlide, decoded now: a Pillow image decodes lazily on first
+    access, which is not safe from several threads at once."""
     import warnings
 
     from openslide import ImageSlide
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours
-            with Image.open(path) as im:
-                w, h = im.size
-        if w * h > MAX_PLAIN_PIXELS:
-            raise SlideError(f"{path}: {w}x{h} is over the {MAX_PLAIN_PIXELS:,}-pixel limit for plain images; "
-                             f"convert it to a pyramid TIFF")
-        return ImageSlide(str(path))
+            im = Image.open(path)
+            w, h = im.size
+            if w * h > MAX_PLAIN_PIXELS:
+                im.close()
+                raise SlideError(f"{path}: {w}x{h} is over the {MAX_PLAIN_PIXELS:,}-pixel limit for plain images; "
+                                 f"convert it to a pyramid TIFF")
+            im.load()
+        return ImageSlide(im)
     except SlideError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise SlideError(f"{path}: cannot read image ({e})") from None
