@@ -12,6 +12,39 @@ from .tissue import MaskConfig
 from .train import SEMI_METHODS, TrainConfig
 
 
+def _int_at_least(low: int):
+    """An argparse type: a whole number >= low, refused at the parser in the user's terms."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _number_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a number in [low, high] (ends excluded where open)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not ((low < value if low_open else low <= value) and (value < high if high_open else value <= high)):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
+FRACTION = _number_in(0.0, 1.0)
+MPP = _number_in(0.05, 100.0)  # saganet.slide.reader.MPP_RANGE, without importing the slide package here
+
+
 def _train_config(a) -> TrainConfig:
     return TrainConfig(variant=a.variant, backbone=a.backbone, epochs=a.epochs, crop=a.image_size, scale=a.scale,
                        seed=a.seed, batch_size=a.batch_size, crops_per_image=a.crops_per_image, lr=a.lr,
@@ -30,18 +63,18 @@ def _add_train_args(p, study: bool = False):
     else:
         p.set_defaults(variant=d.variant)
     p.add_argument("--backbone", default=d.backbone, help="resnet-tiny, resnet-small, resnet18, resnet34, resnet50")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--image-size", type=int, default=d.crop, help="training crop edge in pixels after --scale; evaluation sees whole images")
-    p.add_argument("--scale", type=float, default=d.scale, help="resize factor applied to every image first (1 = native resolution)")
-    p.add_argument("--crops-per-image", type=int, default=d.crops_per_image)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--epochs", type=POSITIVE, default=d.epochs)
+    p.add_argument("--image-size", type=_int_at_least(16), default=d.crop, help="training crop edge in pixels after --scale; evaluation sees whole images")
+    p.add_argument("--scale", type=_number_in(0.0, 16.0, low_open=True), default=d.scale, help="resize factor applied to every image first (1 = native resolution)")
+    p.add_argument("--crops-per-image", type=POSITIVE, default=d.crops_per_image)
+    p.add_argument("--batch-size", type=_int_at_least(2), default=d.batch_size, help="at least 2 (batch statistics)")
+    p.add_argument("--lr", type=_number_in(0.0, 10.0, low_open=True), default=d.lr)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=d.seed)
     p.add_argument("--stain-norm", action="store_true", help="Reinhard stain normalisation to the training images' statistics")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="torch threads (0 = default)")
     p.add_argument("--pretrained", default=None,
                    help="backbone weights: a `saganet pretrain` encoder, or torchvision-layout ResNet weights (.pth or .safetensors)")
-    p.add_argument("--mask-focus-relative", type=float, default=MaskConfig().focus_relative,
+    p.add_argument("--mask-focus-relative", type=FRACTION, default=MaskConfig().focus_relative,
                    help="valid-area mask: focus threshold as a share of the image's own 75th-percentile sharpness "
                         "(adapts to magnification); 0 = the fixed floor used before (default %(default)s)")
     p.add_argument("--unlabelled", nargs="+", default=[], metavar="PATH",
@@ -50,9 +83,9 @@ def _add_train_args(p, study: bool = False):
     p.add_argument("--semi", default=None, choices=list(SEMI_METHODS),
                    help="how to learn from unlabelled images: selftrain (teacher calls whole images, student learns "
                         "from the confident ones) or fixmatch (default with --unlabelled: %s)" % SEMI_METHODS[0])
-    p.add_argument("--unlabelled-ratio", type=int, default=d.unlabelled_ratio,
+    p.add_argument("--unlabelled-ratio", type=POSITIVE, default=d.unlabelled_ratio,
                    help="unlabelled crops per labelled crop in a training step (default %(default)s)")
-    p.add_argument("--pseudo-threshold", type=float, default=d.pseudo_threshold,
+    p.add_argument("--pseudo-threshold", type=FRACTION, default=d.pseudo_threshold,
                    help="confidence for a pseudo-label; 0 = the head's default: softmax 0.95, length gap 0.5")
 
 
@@ -65,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on an image folder or manifest")
     t.add_argument("data", help="ImageFolder root (<root>/<class>/<image>), a folder with manifest.csv, or a manifest CSV")
     t.add_argument("--out", required=True, help="run directory to write (resumes if it holds a checkpoint)")
-    t.add_argument("--shots", type=int, default=None, help="use only N images per class (drawn with --seed)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="share of training images held out for early stopping (0 = fixed schedule)")
-    t.add_argument("--patience", type=int, default=8)
+    t.add_argument("--shots", type=POSITIVE, default=None, help="use only N images per class (drawn with --seed)")
+    t.add_argument("--val-fraction", type=_number_in(0.0, 1.0, high_open=True), default=0.2, help="share of training images held out for early stopping (0 = fixed schedule)")
+    t.add_argument("--patience", type=POSITIVE, default=8)
     t.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: train only the gate and head")
     t.add_argument("--mask-dir", default=None, help="folder of user masks: <mask-dir>/<class>/<image>.png, non-zero = valid")
     t.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images (labelled or not) instead of stopping")
@@ -86,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="small-sample protocol: shots x repeats x variants")
     s.add_argument("data")
     s.add_argument("--out", required=True)
-    s.add_argument("--shots", type=int, nargs="+", default=[10, 20])
-    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--shots", type=POSITIVE, nargs="+", default=[10, 20], help="labelled images per class (default %(default)s)")
+    s.add_argument("--repeats", type=POSITIVE, default=5, help="draws per shot count (default %(default)s)")
     s.add_argument("--variants", nargs="+", default=["saganet", "baseline", "no-gate", "no-length", "classic"],
                    choices=["saganet", "baseline", "no-gate", "no-length", "no-mask", "classic"])
     s.add_argument("--inits", nargs="+", default=["scratch"], choices=["scratch", "finetune", "frozen"],
@@ -96,9 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run each deep variant learning from an unlabelled pool split off the non-labelled "
                         "images: in-domain pretraining, semi-supervised training, or both. Every row then uses "
                         "the same pool/test split")
-    s.add_argument("--unlabelled-fraction", type=float, default=0.5,
+    s.add_argument("--unlabelled-fraction", type=_number_in(0.0, 1.0, True, True), default=0.5,
                    help="share of the non-labelled images that go to the pool; the rest is the test set (default %(default)s)")
-    s.add_argument("--pretrain-steps", type=int, default=150, help="SimCLR steps of in-domain pretraining per repeat (default %(default)s)")
+    s.add_argument("--pretrain-steps", type=POSITIVE, default=150, help="SimCLR steps of in-domain pretraining per repeat (default %(default)s)")
     _add_train_args(s, study=True)
 
     from .pretrain import PretrainConfig
@@ -109,23 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="encoder file to write (.safetensors); its card goes beside it (.json)")
     p.add_argument("--method", default=d.method, choices=["simclr", "byol"])
     p.add_argument("--backbone", default=d.backbone)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--tile-size", type=int, default=d.tile_size, help="tile edge in pixels; views are cropped from tiles")
-    p.add_argument("--crop", type=int, default=d.crop, help="view edge fed to the network")
-    p.add_argument("--max-tiles", type=int, default=d.max_tiles)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--snapshot-every", type=int, default=0, help="also write OUT-epochNNN.safetensors every N epochs")
+    p.add_argument("--epochs", type=POSITIVE, default=d.epochs)
+    p.add_argument("--tile-size", type=_int_at_least(16), default=d.tile_size, help="tile edge in pixels; views are cropped from tiles")
+    p.add_argument("--crop", type=_int_at_least(16), default=d.crop, help="view edge fed to the network")
+    p.add_argument("--max-tiles", type=POSITIVE, default=d.max_tiles)
+    p.add_argument("--batch-size", type=_int_at_least(2), default=d.batch_size)
+    p.add_argument("--lr", type=_number_in(0.0, 10.0, low_open=True), default=d.lr)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=d.seed)
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0)
+    p.add_argument("--snapshot-every", type=NON_NEGATIVE, default=0, help="also write OUT-epochNNN.safetensors every N epochs")
 
     x = sub.add_parser("export", help="write a model bundle (manifest, weights, ONNX, AOTInductor) from a training run")
     x.add_argument("run", help="training run directory (saganet train --out), or a bundle to re-export on this machine")
     x.add_argument("--out", required=True, help="bundle directory to create")
-    x.add_argument("--mpp", type=float, default=None,
+    x.add_argument("--mpp", type=MPP, default=None,
                    help="microns per pixel of the images the run was trained on (before --scale); CRC-VAL-HE-7K: 0.5. "
                         "Required for a run; a bundle keeps its own")
-    x.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels the bundle classifies (default 224)")
+    x.add_argument("--tile-size", type=_int_at_least(16), default=None, help="tile edge in pixels the bundle classifies (default 224)")
     x.add_argument("--formats", nargs="+", default=["onnx", "aoti"], choices=["onnx", "aoti"])
     x.add_argument("--card", default=None, help="model card (Markdown file) to include as card.md")
     x.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
@@ -140,21 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("slides", nargs="+", help="slides (anything OpenSlide reads) or plain PNG/JPEG/TIFF images")
     r.add_argument("--out", required=True, help="output folder; one subfolder per slide and summary.json")
     r.add_argument("--backend", default="auto", help="auto, tensorrt, native, aoti, onnxruntime or torch")
-    r.add_argument("--batch-size", type=int, default=d.batch_size)
-    r.add_argument("--mpp", type=float, default=None, help="level-0 microns per pixel, for slides that do not record it")
-    r.add_argument("--workers", type=int, default=d.workers, help="tile reading and preprocessing threads")
-    r.add_argument("--threads", type=int, default=0, help="inference threads (0 = the backend's default)")
-    r.add_argument("--min-tissue", type=float, default=d.min_tissue, help="tissue share of a tile on the thumbnail to predict it")
+    r.add_argument("--batch-size", type=_int_at_least(1), default=d.batch_size)
+    r.add_argument("--mpp", type=MPP, default=None, help="level-0 microns per pixel, for slides that do not record it")
+    r.add_argument("--workers", type=POSITIVE, default=d.workers, help="tile reading and preprocessing threads")
+    r.add_argument("--threads", type=NON_NEGATIVE, default=0, help="inference threads (0 = the backend's default)")
+    r.add_argument("--min-tissue", type=FRACTION, default=d.min_tissue, help="tissue share of a tile on the thumbnail to predict it")
+    r.add_argument("--max-tiles", type=POSITIVE, default=d.max_tiles, help="refuse a slide that needs more tiles (default %(default)s)")
     r.add_argument("--cluster", default=None, metavar="ADDRESS",
                    help="classify tiles on a Dask cluster: local:N (N worker processes here) or a scheduler such as "
                         "tcp://HOST:8786 (docs/scaling.md); workers must see the slides (and the bundle) at the same paths")
     r.add_argument("--cluster-upload-bundle", action="store_true",
                    help="with --cluster: send the bundle's files to the workers instead of loading it from its path")
-    r.add_argument("--chunk-tiles", type=int, default=CHUNK_TILES, help="with --cluster: tiles per task (default %(default)s)")
+    r.add_argument("--chunk-tiles", type=POSITIVE, default=CHUNK_TILES, help="with --cluster: tiles per task (default %(default)s)")
     v = sub.add_parser("view", help="the slide viewer, read-only, over the results of `saganet predict` (in a browser)")
     v.add_argument("results", help="a `saganet predict --out` folder")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    v.add_argument("--port", type=int, default=8001)
+    v.add_argument("--port", type=_int_at_least(1), default=8001)
     v.add_argument("--token", default=None, help="bearer token the page asks for once (also from $SAGANET_TOKEN)")
     return ap
 
@@ -217,6 +251,7 @@ def main(argv=None) -> int:
             from .slide.pipeline import PredictConfig, predict_slides
 
             cfg = PredictConfig(batch_size=args.batch_size, workers=args.workers, mpp=args.mpp, min_tissue=args.min_tissue,
+                                max_tiles=args.max_tiles,
                                 progress=sys.stderr.isatty())
             engine = Engine(args.bundle, backend=args.backend, threads=args.threads or None)
             print(f"model {engine.bundle.model_id}: {engine.choice}", file=sys.stderr)

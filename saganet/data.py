@@ -48,7 +48,7 @@ def load_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
             if im.width * im.height > max_pixels:
                 raise ImageLoadError(path, f"{im.width}x{im.height} pixels exceeds the limit of {max_pixels}")
             im.load()
-            return _to_rgb(im, path)
+            return to_rgb(im, path)
     except ImageLoadError:
         raise
     except FileNotFoundError:
@@ -61,13 +61,14 @@ def load_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         raise ImageLoadError(path, f"cannot decode image ({e}); the file may be truncated or corrupt") from None
 
 
-def _to_rgb(im: Image.Image, path) -> np.ndarray:
+def to_rgb(im: Image.Image, path) -> np.ndarray:
+    """uint8 RGB of a decoded image: 16-bit scaled (not clipped), transparency onto white (glass)."""
     mode = im.mode
     if mode == "RGB":
         return np.asarray(im, dtype=np.uint8).copy()
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im).astype(np.float64)
-        hi = 65535.0 if a.max() > 255 else 255.0
+        hi = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0  # 32-bit "I" may hold 8-bit data
         g = np.clip(a / hi * 255 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):

@@ -32,7 +32,7 @@ class Server:
         self.log_path = Path(log or Path(state_dir) / f"server-{self.port}.log")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = {"Authorization": f"Bearer {token}".encode("utf-8")} if token else {}  # tokens are UTF-8
         self.client = httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
         self._wait_ready()
 

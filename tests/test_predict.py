@@ -134,12 +134,29 @@ def test_plain_image_needs_mpp(tmp_path, data_dir, demo_bundle):
 
 def test_bad_arguments(tmp_path, demo_bundle, data_dir, capsys):
     cmu = str(data_dir / "wsi" / "cmu_small_region.svs")
-    assert main(["predict", str(demo_bundle.path), cmu, "--out", str(tmp_path), "--batch-size", "0"]) == 2
-    assert "--batch-size must be 1..1024" in capsys.readouterr().err
-    assert main(["predict", str(demo_bundle.path), cmu, "--out", str(tmp_path), "--mpp", "-2"]) == 2
-    assert "--mpp must be a positive" in capsys.readouterr().err
+    for extra, message in ((["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+                           (["--mpp", "-2"], "argument --mpp: must be in [0.05, 100], got -2"),
+                           (["--mpp", "1e-320"], "argument --mpp: must be in [0.05, 100], got 1e-320"),
+                           (["--max-tiles", "zero"], "argument --max-tiles: must be a whole number, got 'zero'")):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", str(demo_bundle.path), cmu, "--out", str(tmp_path), *extra])
+        assert e.value.code == 2 and message in capsys.readouterr().err, extra
     assert main(["predict", str(tmp_path / "nothing"), cmu, "--out", str(tmp_path)]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_work_amplification_is_refused(tmp_path, data_dir, demo_bundle, capsys):
+    """Issue 13, item 8: a 224 px image at 100 um/px was a 40,000-tile job; a slide needing more tiles
+    than --max-tiles is refused, named, and the other slides go on."""
+    png = tmp_path / "small.png"
+    Image.fromarray(np.full((224, 224, 3), 120, np.uint8)).save(png)
+    cmu = str(data_dir / "wsi" / "cmu_small_region.svs")
+    assert main(["predict", str(demo_bundle.path), str(png), "--out", str(tmp_path / "a"), "--backend", "onnxruntime",
+                 "--mpp", "100"]) == 1
+    assert "over 4x coarser than the model" in capsys.readouterr().err
+    assert main(["predict", str(demo_bundle.path), cmu, "--out", str(tmp_path / "b"), "--backend", "onnxruntime",
+                 "--max-tiles", "10"]) == 1
+    assert "54 tiles at 0.499 um/px is over the limit of 10" in capsys.readouterr().err
 
 
 def test_tile_grid_follows_tissue_and_mpp():

@@ -152,6 +152,23 @@ def _hostile(data_dir):
         ("tiles.csv of unknown job", "GET", "/v1/slides/" + "1" * 32 + "/tiles.csv", {}),
         ("unknown route", "GET", "/v1/nothing", {}),
         ("wrong method", "DELETE", "/v1/classify", {}),
+        # Issue 13, item 1: each of these was a 500, or accepted and failed later.
+        ("json nested 30,000 deep", "POST", "/v1/slides", {"content": b"[" * 30000 + b"]" * 30000, **j}),
+        ("object nested 10,000 deep", "POST", "/v1/slides", {"content": b'{"a":' * 10000 + b"1" + b"}" * 10000, **j}),
+        ("mpp with 60,000 digits", "POST", "/v1/slides", {"content": b'{"path": "%s", "mpp": 1%s}' % (SLIDE.encode(), b"0" * 60000), **j}),
+        ("mpp string of 60,000 digits", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": "1" + "0" * 60000}}),
+        ("mpp 1e-320", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": 1e-320}}),
+        ("mpp 0.01", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": 0.01}}),
+        ("mpp 1000", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": 1000}}),
+        ("mpp nan as text", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": "nan"}}),
+        ("mpp inf as text", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": "inf"}}),
+        ("mpp list", "POST", "/v1/slides", {"json": {"path": SLIDE, "mpp": [0.5]}}),
+        ("upload with mpp 1e-320", "POST", "/v1/slides", {"files": {"file": ("a.png", small)}, "data": {"mpp": "1e-320"}}),
+        ("upload with mpp of 60,000 digits", "POST", "/v1/slides",
+         {"files": {"file": ("a.png", small)}, "data": {"mpp": "9" * 60000}}),
+        ("path with a lone surrogate", "POST", "/v1/slides", {"content": b'{"path": "\\ud800.svs"}', **j}),
+        ("path with a 300-character component", "POST", "/v1/slides", {"json": {"path": "a" * 300 + ".svs"}}),
+        ("path of 5,000 characters", "POST", "/v1/slides", {"json": {"path": "a/" * 2500}}),
     ]
     return cases
 
@@ -284,6 +301,88 @@ def test_sigterm_drains_and_leaves_the_job_resumable(tmp_path, data_dir):
         assert all(b.wait_job(i)["state"] == "done" for i in ids)
     finally:
         b.stop()
+
+
+def test_a_non_ascii_token_is_utf8(tmp_path):
+    """Issue 13, item 9: the token is compared as UTF-8 bytes; the same token in Latin-1 is refused."""
+    token = "clé-sécrète-✓"
+    s = Server(DEMO_BUNDLE, tmp_path / "state", "--backend", "onnxruntime", token=token)
+    try:
+        import httpx
+
+        anon = httpx.Client(base_url=s.url)
+        assert anon.get("/readyz", headers={"Authorization": b"Bearer " + token.encode("utf-8")}).status_code == 200
+        latin = "clé-sécrète".encode("latin-1")
+        s2 = anon.get("/readyz", headers={"Authorization": b"Bearer " + latin + "-✓".encode("utf-8")})
+        assert s2.status_code == 401
+        assert anon.get("/readyz", headers={"Authorization": b"Bearer \xff\xfe"}).status_code == 401
+        assert s.alive()
+    finally:
+        assert s.stop(), s.log()
+
+
+def test_16_bit_and_transparent_tiles_are_converted_not_clipped(server, tiles):
+    """Issue 13, item 7: a 16-bit tile is scaled to 8 bits (was clipped to white); transparent pixels
+    are white, as the slide reader and training make them (were black)."""
+    engine = Engine(DEMO_BUNDLE, backend="onnxruntime")
+    grey16 = (tiles[0].mean(axis=2).astype(np.uint16) * 257)  # 8-bit grey -> the same values in 16 bits
+    rgba = np.dstack([tiles[1], np.full((224, 224), 255, np.uint8)])
+    rgba[:112, :, 3] = 0
+    white = tiles[1].copy()
+    white[:112] = 255
+    bodies = []
+    for array in (grey16, rgba):
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        bodies.append(buf.getvalue())
+    r = server.client.post("/v1/classify", files=[("tiles", (f"t{i}.png", b, "image/png")) for i, b in enumerate(bodies)])
+    assert r.status_code == 200, r.text
+    grey8 = np.repeat(tiles[0].mean(axis=2).astype(np.uint8)[..., None], 3, axis=2)
+    np.testing.assert_allclose(r.json()["probs"], engine.classify(np.stack([grey8, white])).probs, atol=1e-5)
+
+
+def test_confine_refuses_loops_long_names_and_bad_unicode(tmp_path):
+    """Issue 13, item 1: each was a 500 (RuntimeError, OSError name too long, UnicodeEncodeError)."""
+    from saganet.serve.security import Refused, confine
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
+    for bad in ("loop-a", "loop-a/x.svs", "a" * 300 + ".svs", "\ud800.svs", "dir/\udcff/x.svs", "a/" * 2047 + "b"):
+        with pytest.raises(Refused) as e:
+            confine(root, bad)
+        assert 400 <= e.value.status < 500 and e.value.message, bad
+
+
+def test_a_slide_swapped_for_a_link_after_submission_is_not_read(tmp_path, data_dir):
+    """Issue 13, item 3, deterministically: the job's slide is replaced by a link to a file outside the
+    root between submission and the job; the job fails, naming why, and never opens the outside file."""
+    import shutil
+
+    from saganet.serve.jobs import JobRunner, JobStore
+    from saganet.slide.pipeline import PredictConfig
+
+    root, outside = tmp_path / "root", tmp_path / "outside.svs"
+    root.mkdir()
+    shutil.copy(data_dir / "wsi" / SLIDE, root / "b.svs")
+    shutil.copy(data_dir / "wsi" / SLIDE, outside)
+    store = JobStore(tmp_path / "state")
+
+    class Engine:  # reached only when the check passes
+        def __getattr__(self, name):
+            raise ValueError("the engine was reached")
+
+    runner = JobRunner(store, Engine(), PredictConfig(progress=False), log=lambda m: None, roots=[root, store.uploads])
+    store.add("a" * 32, root / "b.svs", "b.svs", False)
+    store.add("b" * 32, root / "b.svs", "b.svs", False)
+    runner._run_one("a" * 32, root / "b.svs", None)
+    assert "the engine was reached" in store.get("a" * 32)["error"]  # control: an honest slide gets past the check
+    (root / "b.svs").unlink()
+    (root / "b.svs").symlink_to(outside)
+    runner._run_one("b" * 32, root / "b.svs", None)
+    job = store.get("b" * 32)
+    assert job["state"] == "failed" and "outside the slide root" in job["error"], job
 
 
 def test_confine_refuses_links_out_of_the_root(tmp_path, data_dir):

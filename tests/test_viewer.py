@@ -298,9 +298,12 @@ def browser():
 
 
 def _wait(driver, condition, what: str, timeout: float = 30):
+    """Wait for `condition`; the page re-draws its lists while jobs run, so a stale element is retried."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, f"timed out waiting for {what}")
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]) \
+        .until(condition, f"timed out waiting for {what}")
 
 
 def _settled(driver, items: int):
@@ -406,7 +409,7 @@ def test_viewer_in_a_real_browser(served, browser):
     new = _wait(d, new_current(known), "the new job, current in the list")
     shown = "const l = window.saganet.layout; return l && l.id === arguments[0] ? l.state : null;"
     _wait(d, lambda _: d.execute_script(shown, new) == "done", "the new job done, in the panel", timeout=180)
-    assert d.find_element(By.ID, "info-state").text == "done"
+    _wait(d, lambda _: d.find_element(By.ID, "info-state").text == "done", "the panel saying done")
     _wait(d, lambda _: not d.find_element(By.ID, "layers").get_attribute("hidden"), "the new job's layers")
     assert s.client.get(f"/v1/slides/{new}").json()["state"] == "done"
     shot(d, "06-submitted")

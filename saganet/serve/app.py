@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from .. import __version__
 from ..slide.pipeline import PredictConfig
-from ..slide.reader import SlideError, open_reader
+from ..slide.reader import MPP_RANGE, SlideError, mpp_problem, probe
 from .batcher import DynamicBatcher, QueueFull
 from .jobs import JobRunner, JobStore
 from .security import Refused, confine, install_guard, decode_tile, json_object, raw_tiles, read_body, read_form, safe_name
@@ -65,15 +65,14 @@ def _mpp(value) -> float | None:
     """The optional microns per pixel of a submitted slide (for slides that do not record it)."""
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise Refused(422, f"'mpp' must be a number of microns per pixel, got {value!r}")
-    try:
-        mpp = float(value)
-    except (TypeError, ValueError):
-        raise Refused(422, f"'mpp' must be a number of microns per pixel, got {value!r}") from None
-    if not 0 < mpp <= 100:
-        raise Refused(422, f"'mpp' must be in (0, 100] microns per pixel, got {mpp}")
-    return mpp
+    if isinstance(value, str):
+        try:
+            value = float(value[:64])
+        except ValueError:
+            raise Refused(422, f"'mpp' must be a number of microns per pixel, got {value[:64]!r}") from None
+    if mpp_problem(value):
+        raise Refused(422, f"'mpp' {mpp_problem(value)} (the range is {MPP_RANGE[0]}..{MPP_RANGE[1]})")
+    return float(value)
 
 
 def _log(msg: str) -> None:
@@ -107,9 +106,9 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
         from ..slide.cluster import Cluster
 
         cluster = Cluster(s.cluster, s.model, engine.backend, upload=s.cluster_upload_bundle, log=_log)
-    runner = JobRunner(store, _Shared(engine, lock), PredictConfig(batch_size=s.slide_batch_size, progress=False), _log,
-                       cluster=cluster)
     slide_root = Path(s.slide_root) if s.slide_root else None
+    runner = JobRunner(store, _Shared(engine, lock), PredictConfig(batch_size=s.slide_batch_size, progress=False), _log,
+                       cluster=cluster, roots=[r for r in (slide_root, store.uploads) if r is not None])
     library = JobLibrary(store, slide_root)
     tile = engine.tile_size
 
@@ -223,8 +222,8 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
                 await form.close()
         else:
             raise Refused(415, "send application/json {\"path\": ...} or multipart/form-data with field `file`")
-        try:  # refuse what cannot be read now, not minutes later in the job
-            open_reader(source).close()
+        try:  # refuse what cannot be read now, not minutes later in the job; off the loop, pixels not decoded
+            await asyncio.get_running_loop().run_in_executor(None, probe, source)
         except SlideError as e:
             if uploaded:
                 shutil.rmtree(source.parent, ignore_errors=True)

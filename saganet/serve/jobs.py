@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..slide.pipeline import Interrupted, PredictConfig, predict_slide
 from ..slide.reader import SlideError
+from .security import Refused, inside
 
 STATES = ("queued", "running", "done", "failed")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS jobs (
@@ -94,9 +95,10 @@ class JobStore:
 class JobRunner(threading.Thread):
     """Takes queued jobs one at a time and runs the whole-slide pipeline on them."""
 
-    def __init__(self, store: JobStore, engine, cfg: PredictConfig, log, cluster=None):
+    def __init__(self, store: JobStore, engine, cfg: PredictConfig, log, cluster=None, roots=()):
         super().__init__(name="saganet-jobs", daemon=True)
         self.store, self.engine, self.cfg, self.log, self.cluster = store, engine, cfg, log, cluster
+        self.roots = list(roots)  # where a job's slide may be: the slide root and the uploads folder
         self.stopping = threading.Event()
         self.wake = threading.Event()
 
@@ -114,6 +116,9 @@ class JobRunner(threading.Thread):
             self.store.update(job_id, progress=round(done / total, 4) if total else 1.0)
 
         try:
+            # Resolved again now: a slide swapped for a link out of the root since it was submitted is
+            # refused, and the job reads the resolved file, not the link.
+            source = inside(source, self.roots, f"the slide of job {job_id} ({source.name})")
             cfg = replace(self.cfg, mpp=mpp)
             if self.cluster is not None:  # tiles classified by the cluster's workers
                 from ..slide.cluster import predict_slide_on
@@ -126,6 +131,9 @@ class JobRunner(threading.Thread):
         except Interrupted:
             self.store.update(job_id, state="queued", progress=0)
             self.log(f"job {job_id}: stopped by shutdown; it resumes when the server starts again")
+        except Refused as e:
+            self.store.update(job_id, state="failed", error=e.message)
+            self.log(f"job {job_id}: refused: {e.message}")
         except (SlideError, OSError, ValueError) as e:
             self.store.update(job_id, state="failed", error=str(e))
             self.log(f"job {job_id}: failed: {e}")

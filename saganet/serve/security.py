@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..data import ImageLoadError, to_rgb
+
 TILE_FORMATS = {"PNG", "JPEG"}
 
 
@@ -21,10 +23,22 @@ class Refused(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-def authorised(header: str | None, token: str) -> bool:
-    """Bearer token check in constant time (no early exit on the first differing byte)."""
-    given = (header or "").encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(given, f"Bearer {token}".encode())
+def authorised(header: bytes | None, token: str) -> bool:
+    """Bearer token check on the header's raw bytes, in constant time (no early exit on the first
+    differing byte). A token is UTF-8: `Bearer <token>` must arrive as its UTF-8 bytes."""
+    return hmac.compare_digest(header or b"", f"Bearer {token}".encode("utf-8"))
+
+
+def inside(path: Path, roots, what: str) -> Path:
+    """`path` resolved now (links followed), refused unless it is a regular file under one of `roots`:
+    a file swapped for a link that leaves them after it was checked is caught here."""
+    try:
+        real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        raise Refused(404, f"{what} is gone") from None
+    if not any(real.is_relative_to(Path(r).resolve()) for r in roots) or not real.is_file():
+        raise Refused(403, f"{what} now points outside the slide root; refused")
+    return real
 
 
 def confine(root: Path | None, relative: object) -> Path:
@@ -41,11 +55,23 @@ def confine(root: Path | None, relative: object) -> Path:
         raise Refused(422, f"'path' must be relative to the slide root, got {relative!r}")
     if ".." in p.parts or any(part in ("..", ".") for part in relative.replace("\\", "/").split("/")):
         raise Refused(422, f"'path' must not contain '..' or '.' parts, got {relative!r}")
+    try:
+        encoded = [part.encode("utf-8") for part in p.parts]
+    except UnicodeEncodeError:
+        raise Refused(422, f"'path' is not valid Unicode (a lone surrogate?): {relative!r}") from None
+    if any(len(part) > 255 for part in encoded):
+        raise Refused(422, "'path' has a component longer than 255 bytes")
     root = root.resolve()
-    target = (root / p).resolve()
+    try:
+        target = (root / p).resolve()
+        is_file = target.is_file()
+    except RuntimeError:  # Python < 3.13: a symlink loop
+        raise Refused(422, f"'path' {relative!r} is a loop of symbolic links") from None
+    except OSError as e:
+        raise Refused(422, f"'path' {relative!r} cannot be resolved ({e.strerror or e})") from None
     if not target.is_relative_to(root):
         raise Refused(403, f"'path' {relative!r} leaves the slide root")
-    if not target.is_file():
+    if not is_file:
         raise Refused(404, f"no slide {relative!r} under the slide root")
     return target
 
@@ -68,7 +94,10 @@ def decode_tile(data: bytes, name: str, tile: int, max_pixels: int) -> np.ndarra
         raise Refused(422, f"tile {name!r} is {w}x{h}; this model takes {tile}x{tile} tiles at its microns per pixel "
                            f"(resize or re-tile on the client; the server does not resample)")
     try:
-        return np.asarray(im.convert("RGB"))
+        im.load()
+        return to_rgb(im, name)  # the one conversion: 16-bit scaled, transparency onto white
+    except ImageLoadError as e:
+        raise Refused(415, f"tile {name!r}: {e.reason}") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise Refused(400, f"tile {name!r}: cannot decode ({e}); truncated or corrupt?") from None
 
@@ -99,6 +128,10 @@ def json_object(data: bytes) -> dict:
         raise Refused(400, "the body is not UTF-8") from None
     except json.JSONDecodeError as e:
         raise Refused(400, f"the body is not valid JSON ({e.msg} at {e.pos})") from None
+    except RecursionError:
+        raise Refused(400, "the body's JSON is nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise Refused(400, f"the body's JSON has a value that cannot be read ({e})") from None
     if not isinstance(obj, dict):
         raise Refused(422, "the body must be a JSON object like {\"path\": \"...\"}")
     return obj
@@ -162,7 +195,7 @@ class _Guard:
                 status[0] = message["status"]
             await send(message)
 
-        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         if self.token and path != "/healthz" and not self.public(path) and not authorised(header, self.token):
             await JSONResponse({"error": "missing or wrong bearer token"}, 401,
                                {"WWW-Authenticate": "Bearer"})(scope, receive, send_and_note)

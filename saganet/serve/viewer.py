@@ -26,7 +26,7 @@ from ..slide.deepzoom import DeepZoom
 from ..slide.reader import PLAIN_SUFFIXES, SLIDE_SUFFIXES, SlideError
 from ..slide.results import SlideResult, load_result, png_bytes
 from ..slide.writers import class_colours, colormap_rgb
-from .security import Refused
+from .security import Refused, inside
 
 STATIC = Path(__file__).with_name("static")
 PUBLIC_PREFIXES = ("/static/", "/vendor/")  # with "/": the page and its code, no slide data
@@ -86,15 +86,8 @@ class JobLibrary:
                           self.store.out_dir(job["id"]), job.get("error"))
 
     def slide_file(self, entry: SlideEntry) -> Path:
-        """The slide's file, resolved now (not when the job was submitted): a file swapped for a link
-        that leaves the allowed folders is refused."""
-        try:
-            real = entry.source.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise Refused(404, f"slide of {entry.id} is gone ({entry.name})") from None
-        if not any(real.is_relative_to(r) for r in self._roots) or not real.is_file():
-            raise Refused(403, f"slide of {entry.id} now points outside the slide root; refused")
-        return real
+        """The slide's file, resolved now (not when the job was submitted)."""
+        return inside(entry.source, self._roots, f"the slide of {entry.id} ({entry.name})")
 
     def root_slides(self) -> list[str]:
         """Slides and images under the slide root (relative paths), not following links out of it."""

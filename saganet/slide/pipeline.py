@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .reader import SlideError, open_reader, thumbnail_tissue
+from .reader import SlideError, mpp_problem, open_reader, thumbnail_tissue
 from .tiler import Grid, tile_grid
+
+MAX_UPSAMPLING = 4  # a slide may be at most this much coarser than the model (tiles are enlarged up to 4x)
 from .writers import PNG_LEVEL, GeoJSONWriter, TileTable, file_part, write_heatmaps, write_json
 
 
@@ -36,14 +38,17 @@ class PredictConfig:
     mpp: float | None = None  # level-0 microns per pixel; required when the slide does not say
     thumbnail_side: int = 1024
     progress: bool = True
+    max_tiles: int = 100_000  # a slide needing more tiles is refused (work amplification); a 2.5 x 2.5 cm section at 0.5 um/px is 12,500
 
     def check(self) -> None:
         if not 1 <= self.batch_size <= 1024:
             raise ValueError(f"--batch-size must be 1..1024, got {self.batch_size}")
         if not 1 <= self.workers <= 64:
             raise ValueError(f"--workers must be 1..64, got {self.workers}")
-        if self.mpp is not None and not self.mpp > 0:
-            raise ValueError(f"--mpp must be a positive number of microns per pixel, got {self.mpp}")
+        if self.mpp is not None and mpp_problem(self.mpp):
+            raise ValueError(f"--mpp {mpp_problem(self.mpp)}")
+        if not 1 <= self.max_tiles:
+            raise ValueError(f"--max-tiles must be at least 1, got {self.max_tiles}")
 
 
 def slide_call(probs: np.ndarray, valid: np.ndarray, class_names, min_valid: float) -> dict:
@@ -86,10 +91,16 @@ def plan_slide(reader, path: Path, engine, cfg: PredictConfig) -> SlidePlan:
         mpp, mpp_source = reader.mpp, "slide"
     else:
         raise SlideError(f"{path}: the file has no microns-per-pixel value; pass it explicitly (--mpp)")
+    if mpp_problem(mpp):
+        raise SlideError(f"{path}: microns per pixel ({mpp_source}) {mpp_problem(mpp)}")
+    if mpp > MAX_UPSAMPLING * engine.bundle.mpp:
+        raise SlideError(f"{path}: at {mpp:g} um/px the slide is over {MAX_UPSAMPLING}x coarser than the model's "
+                         f"{engine.bundle.mpp:g} um/px; its tiles would be mostly interpolation (check --mpp)")
     thumb = reader.thumbnail(cfg.thumbnail_side)
     grid = tile_grid(reader.dimensions, mpp, engine.bundle.mpp, engine.tile_size, thumbnail_tissue(thumb), cfg.min_tissue)
-    if grid.read_size < 1:
-        raise SlideError(f"{path}: at {mpp} um/px a model tile is under one pixel; check --mpp")
+    if len(grid.cells) > cfg.max_tiles:
+        raise SlideError(f"{path}: {len(grid.cells):,} tiles at {mpp:g} um/px is over the limit of {cfg.max_tiles:,} "
+                         f"per slide (--max-tiles)")
     return SlidePlan(Path(path), reader.kind, tuple(reader.dimensions), mpp, mpp_source, thumb, grid, t0)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import to_rgb
 from ..tissue import MaskConfig, tissue_pixels
 
 # Formats OpenSlide reads that are not plain images; .tif/.tiff are asked of OpenSlide itself.
@@ -18,6 +19,20 @@ SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".sv
 
 class SlideError(ValueError):
     """A slide that cannot be opened or read; the message names the file."""
+
+
+# Microns per pixel a scanned slide can have: 0.05 (beyond any optical scanner) to 100 (a 0.1x
+# overview). Outside it a value is a typo or hostile, and tile sizes overflow or explode.
+MPP_RANGE = (0.05, 100.0)
+
+
+def mpp_problem(value) -> str | None:
+    """Why `value` is not a usable microns-per-pixel value, or None when it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number of microns per pixel, got {value!r}"
+    if not MPP_RANGE[0] <= value <= MPP_RANGE[1]:  # also refuses nan and inf
+        return f"must be {MPP_RANGE[0]}..{MPP_RANGE[1]} microns per pixel, got {value:g}"
+    return None
 
 
 def is_slide(path) -> bool:
@@ -214,7 +229,8 @@ class ImageReader(Reader):
                 with Image.open(self.path) as im:
                     if im.size[0] * im.size[1] > MAX_PLAIN_PIXELS:
                         raise SlideError(f"{too_big} ({im.size[0]}x{im.size[1]})")
-                    self.rgb = np.asarray(im.convert("RGB"))
+                    im.load()
+                    self.rgb = to_rgb(im, self.path)  # the one conversion: 16-bit scaled, alpha onto white
         except SlideError:
             raise  # already says what is wrong (a SlideError is a ValueError: keep it out of the clause below)
         except Image.DecompressionBombError:
@@ -235,6 +251,27 @@ class ImageReader(Reader):
         part = self.rgb[max(0, y):y + size0, max(0, x):x + size0]
         region[:part.shape[0], :part.shape[1]] = part
         return _resize(region, out)
+
+
+def probe(path) -> None:
+    """Check that `path` can be opened as a slide or image without decoding its pixels (a plain
+    image's header only): what a server does at the door, before a job reads the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SlideError(f"{p}: no such file")
+    if is_slide(p) or p.suffix.lower() not in PLAIN_SUFFIXES:
+        open_reader(p).close()  # OpenSlide reads headers and the tile directory, not the pixels
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise SlideError(f"{p}: cannot read image ({e})") from None
+    if w * h > MAX_PLAIN_PIXELS:
+        raise SlideError(f"{p}: {w}x{h} is over the {MAX_PLAIN_PIXELS:,}-pixel limit for plain images (they are "
+                         f"decoded whole); convert it to a pyramid TIFF")
 
 
 def open_reader(path) -> Reader:
