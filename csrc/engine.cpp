@@ -14,7 +14,9 @@
 
 #include <algorithm>
 #include <fstream>
+#include <sys/stat.h>
 #include <iterator>
+#include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -32,6 +34,21 @@ using nlohmann::json;
 constexpr int kFormatVersion = 1;  // saganet/bundle.py FORMAT_VERSION
 
 [[noreturn]] void fail(const std::string& msg) { throw Error(SAGANET_INVALID_ARGUMENT, msg); }
+
+// A bundle file must be a regular file in the bundle itself: a symbolic link could lead out of the
+// bundle, and a FIFO or a device (/dev/zero) would block or never end a read.
+void require_regular(const std::string& path, const std::string& what) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) fail(path + ": " + what);
+  if (S_ISLNK(st.st_mode)) fail(path + ": is a symbolic link; bundle files must be regular files inside the bundle");
+  if (!S_ISREG(st.st_mode)) fail(path + ": is not a regular file (a FIFO, device or folder); refused");
+}
+
+// n tiles of `per_tile` floats must fit in memory arithmetic without overflow (2^54 tiles wrapped).
+void require_countable(int64_t n, int64_t per_tile) {
+  if (n > std::numeric_limits<int64_t>::max() / int64_t(sizeof(float)) / per_tile)
+    throw Error(SAGANET_INVALID_ARGUMENT, std::to_string(n) + " tiles are more than this machine can address");
+}
 
 std::string sha256_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -101,6 +118,7 @@ Engine::Engine(const std::string& bundle_dir, int threads) : impl_(std::make_uni
   Impl& b = *impl_;
   b.dir = bundle_dir;
   const std::string mpath = bundle_dir + "/manifest.json";
+  require_regular(mpath, "no manifest.json; not a saganet bundle");
   std::ifstream mf(mpath);
   if (!mf) fail(bundle_dir + ": no manifest.json; not a saganet bundle");
   json m;
@@ -121,7 +139,7 @@ Engine::Engine(const std::string& bundle_dir, int threads) : impl_(std::make_uni
     if (name.find('/') != std::string::npos || name == ".." || name.empty())
       fail(mpath + ": file name '" + name + "' is not a plain name inside the bundle");
     const std::string path = bundle_dir + "/" + name;
-    if (!std::ifstream(path)) fail(path + ": listed in the manifest but missing");
+    require_regular(path, "listed in the manifest but missing");
     if (!digest.is_string() || sha256_file(path) != digest.get<std::string>())
       fail(path + ": sha256 does not match the manifest; the file is damaged or was changed");
   }
@@ -211,6 +229,7 @@ void Engine::preprocess(const uint8_t* tiles, int64_t n, float* image, float* ma
 EngineOutput Engine::run(const float* image, const float* mask, int64_t n) const {
   const Impl& b = *impl_;
   if (n < 1) fail("no tiles given");
+  require_countable(n, 4 * int64_t(b.tile) * b.tile);
   const int64_t t = b.tile;
   EngineOutput out;
   out.n = n;
@@ -243,6 +262,7 @@ EngineOutput Engine::run(const float* image, const float* mask, int64_t n) const
 EngineOutput Engine::classify(const uint8_t* tiles, int64_t n) const {
   if (n < 1) fail("no tiles given");
   const int64_t pixels = int64_t(impl_->tile) * impl_->tile;
+  require_countable(n, 4 * pixels);
   std::vector<float> image(size_t(n * 3 * pixels)), mask(size_t(n * pixels));
   preprocess(tiles, n, image.data(), mask.data());
   EngineOutput out = run(image.data(), mask.data(), n);

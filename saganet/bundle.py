@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -274,14 +275,28 @@ _REQUIRED = {"format": str, "format_version": int, "class_names": list, "tile_si
              "preprocessing": dict, "model": dict, "formats": dict, "files": dict}
 
 
+def _require_regular(path: Path, missing: str) -> None:
+    """A bundle file is a regular file inside the bundle: a symbolic link could lead out of it, and a
+    FIFO or a device (/dev/zero) would block or never end a read. (csrc/engine.cpp does the same.)"""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise BundleError(f"{path}: {missing}") from None
+    except OSError as e:
+        raise BundleError(f"{path}: cannot be read ({e.strerror})") from None
+    if stat.S_ISLNK(mode):
+        raise BundleError(f"{path}: is a symbolic link; bundle files must be regular files inside the bundle")
+    if not stat.S_ISREG(mode):
+        raise BundleError(f"{path}: is not a regular file (a FIFO, device or folder); refused")
+
+
 def load_bundle(path, verify: bool = True) -> Bundle:
     """Open BUNDLE `path`; with `verify`, every file's sha256 is checked against the manifest."""
     path = Path(path)
     mpath = path / "manifest.json"
     if not path.is_dir():
         raise BundleError(f"{path}: not a directory; a bundle is the folder `saganet export` writes")
-    if not mpath.is_file():
-        raise BundleError(f"{path}: no manifest.json; not a saganet bundle")
+    _require_regular(mpath, "no manifest.json; not a saganet bundle")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -304,10 +319,9 @@ def load_bundle(path, verify: bool = True) -> Bundle:
             raise BundleError(f"{mpath}: {name} is not listed under 'files'")
     for name, digest in manifest["files"].items():
         f = path / name
-        if Path(name).name != name:
+        if Path(name).name != name or name in ("", ".", ".."):
             raise BundleError(f"{mpath}: file name {name!r} is not a plain name inside the bundle")
-        if not f.is_file():
-            raise BundleError(f"{f}: listed in the manifest but missing")
+        _require_regular(f, "listed in the manifest but missing")
         if verify and sha256_file(f) != digest:
             raise BundleError(f"{f}: sha256 does not match the manifest; the file is damaged or was changed")
     return Bundle(path, manifest)

@@ -153,3 +153,68 @@ def test_c_api_from_a_foreign_caller(fresh_bundle, data_dir):
         assert lib.saganet_engine_classify(e, None, 3, probs.ctypes.data, None, None) == 1
     finally:
         lib.saganet_engine_destroy(e)
+
+
+def _swap_for(kind: str, target: Path, elsewhere: Path) -> None:
+    """Replace a bundle file by a link to its own copy outside the bundle, a link to /dev/zero, or a FIFO."""
+    outside = elsewhere / f"outside-{target.name}"
+    shutil.copy(target, outside)
+    target.unlink()
+    if kind == "link out":
+        target.symlink_to(outside)
+    elif kind == "link to /dev/zero":
+        target.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(target)
+
+
+C_API_CREATE = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.saganet_engine_create.restype = ctypes.c_void_p
+lib.saganet_engine_create.argtypes = [ctypes.c_char_p, ctypes.c_int]
+lib.saganet_last_error.restype = ctypes.c_char_p
+e = lib.saganet_engine_create(sys.argv[2].encode(), 0)
+if e and len(sys.argv) > 3:  # then classify n tiles from a one-tile buffer: refused before any read
+    lib.saganet_engine_classify.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3
+    buf = ctypes.create_string_buffer(224 * 224 * 3)
+    probs = ctypes.create_string_buffer(7 * 4)
+    status = lib.saganet_engine_classify(e, buf, int(sys.argv[3]), probs, None, None)
+    print(status, lib.saganet_last_error().decode())
+else:
+    print("created" if e else "refused", lib.saganet_last_error().decode())
+"""
+
+
+def _c_api(*args, timeout=60):
+    import subprocess
+    import sys
+
+    lib = str(Path(C.__file__).parent / "libsaganet_engine.so")
+    return subprocess.run([sys.executable, "-c", C_API_CREATE, lib, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("kind", ["link out", "link to /dev/zero", "FIFO"])
+@pytest.mark.parametrize("name", ["card.md", "weights.safetensors", "manifest.json"])
+def test_bundle_files_must_be_regular_files_inside_the_bundle(fresh_bundle, tmp_path, kind, name):
+    """Issue 13, items 5 and 6: a link leaving the bundle was followed and loaded; a FIFO or /dev/zero
+    hung the C API. Python, the C++ engine and the C API (in a subprocess, so a hang is seen) refuse."""
+    from saganet.bundle import BundleError, load_bundle
+
+    b = _bundle_copy(fresh_bundle, tmp_path)
+    _swap_for(kind, b / name, tmp_path)
+    expected = "symbolic link" if kind.startswith("link") else "not a regular file"
+    with pytest.raises(BundleError, match=expected):
+        load_bundle(b)
+    with pytest.raises(ValueError, match=expected):
+        C.Engine(str(b))
+    out = _c_api(b)  # a hang would raise TimeoutExpired
+    assert out.returncode == 0 and out.stdout.startswith("refused") and expected in out.stdout, out
+
+
+def test_c_api_refuses_tile_counts_that_overflow(fresh_bundle):
+    """Issue 13, item 6: n = 2^54 wrapped the size arithmetic and segfaulted (2^40 said 'out of memory')."""
+    for n in (2 ** 54, 2 ** 62, 2 ** 63 - 1):
+        out = _c_api(fresh_bundle.path, n)
+        assert out.returncode == 0 and out.stdout.startswith("1 ") and "more than this machine can address" in out.stdout, out
