@@ -218,3 +218,27 @@ def test_c_api_refuses_tile_counts_that_overflow(fresh_bundle):
     for n in (2 ** 54, 2 ** 62, 2 ** 63 - 1):
         out = _c_api(fresh_bundle.path, n)
         assert out.returncode == 0 and out.stdout.startswith("1 ") and "more than this machine can address" in out.stdout, out
+
+
+def test_one_libsaganet_whichever_is_loaded_first():
+    """Issue 13, item 6: the engine's RUNPATH reached into the build tree for a second libsaganet, so
+    saganet_last_error() read through the package's libsaganet.so.0 was always empty."""
+    import subprocess
+    import sys
+
+    code = """
+import ctypes, sys
+d = sys.argv[1]
+e = ctypes.CDLL(d + "/libsaganet_engine.so")  # the engine first, then libsaganet by its path
+s = ctypes.CDLL(d + "/libsaganet.so.0")
+e.saganet_engine_create.restype = ctypes.c_void_p
+e.saganet_engine_create.argtypes = [ctypes.c_char_p, ctypes.c_int]
+s.saganet_last_error.restype = ctypes.c_char_p
+assert e.saganet_engine_create(b"/no/bundle", 0) is None
+print(s.saganet_last_error().decode())
+print(sorted({l.split()[-1] for l in open("/proc/self/maps") if "libsaganet.so" in l}))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(Path(C.__file__).parent)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.splitlines()
+    assert "no manifest.json" in out[0]
+    assert len(eval(out[1])) == 1, out[1]
