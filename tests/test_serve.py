@@ -385,6 +385,39 @@ def test_a_slide_swapped_for_a_link_after_submission_is_not_read(tmp_path, data_
     assert job["state"] == "failed" and "outside the slide root" in job["error"], job
 
 
+def test_upload_folders_of_no_job_are_removed_at_start(tmp_path):
+    """Issue 13, item 11: a `kill -9` during an upload left an empty upload folder for good."""
+    from saganet.serve.jobs import JobStore
+
+    store = JobStore(tmp_path / "state")
+    kept = store.uploads / ("a" * 32)
+    kept.mkdir()
+    (kept / "slide.svs").write_bytes(b"x")
+    store.add("a" * 32, kept / "slide.svs", "slide.svs", True)
+    (store.uploads / ("b" * 32)).mkdir()  # cut short before its job was written
+    (store.uploads / "stray.tmp").write_bytes(b"")
+    again = JobStore(tmp_path / "state")
+    assert again.removed_uploads == 2 and [p.name for p in again.uploads.iterdir()] == ["a" * 32]
+
+
+def test_the_server_keeps_its_temporary_files_in_the_state_dir(tmp_path, fresh_bundle):
+    """Issue 13, item 11: every start with the aoti backend left a 6.5 MB aotinductor_* folder in /tmp."""
+    import glob
+    import tempfile
+
+    before = set(glob.glob(f"{tempfile.gettempdir()}/aotinductor_*"))
+    (tmp_path / "state" / "tmp").mkdir(parents=True)
+    (tmp_path / "state" / "tmp" / "left-by-a-kill").write_bytes(b"x")
+    s = Server(fresh_bundle.path, tmp_path / "state", "--backend", "aoti")
+    try:
+        inside = list((tmp_path / "state" / "tmp").iterdir())
+        assert inside and "left-by-a-kill" not in [p.name for p in inside]  # emptied at start, then used
+        assert set(glob.glob(f"{tempfile.gettempdir()}/aotinductor_*")) == before
+    finally:
+        assert s.stop(), s.log()
+    assert not (tmp_path / "state" / "tmp").exists()
+
+
 def test_confine_refuses_links_out_of_the_root(tmp_path, data_dir):
     """Unit test of the path check against real links (the shared data folder is read-only)."""
     from saganet.serve.security import Refused, confine

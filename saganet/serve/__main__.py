@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
 
 from .app import Settings
 
@@ -41,13 +45,28 @@ def main(argv=None) -> int:
 
     from .app import create_app
 
+    scratch = private_tmp(settings.state_dir)
+    settings = replace(settings, scratch_dir=str(scratch))
     try:
         app = create_app(settings)
     except (ValueError, OSError) as e:
+        shutil.rmtree(scratch, ignore_errors=True)
         print(f"saganet.serve: error: {e}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=30)
     return 0
+
+
+def private_tmp(state_dir) -> Path:
+    """STATE/tmp as this process's temporary folder, emptied now and at exit: the AOTInductor loaders
+    (Python and C++) unpack a package there (6.5 MB a start) instead of leaving it in /tmp, and what a
+    `kill -9` left behind goes at the next start."""
+    scratch = Path(state_dir) / "tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    os.environ["TMPDIR"] = str(scratch.resolve())
+    tempfile.tempdir = None  # re-read TMPDIR
+    return scratch
 
 
 if __name__ == "__main__":

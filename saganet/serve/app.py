@@ -45,6 +45,7 @@ class Settings:
     slide_batch_size: int = 8
     cluster: str | None = None  # Dask scheduler (tcp://HOST:PORT) or local:N for slide jobs; None = this process
     cluster_upload_bundle: bool = False  # send the bundle's files to the workers instead of its path
+    scratch_dir: str | None = None  # this process's temporary folder, removed at shutdown (serve's main sets it)
 
 
 class _Shared:
@@ -127,6 +128,8 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
         await batcher.close()
         if cluster is not None:
             cluster.close()
+        if s.scratch_dir:  # here, not after uvicorn returns: it re-raises SIGTERM and never returns
+            shutil.rmtree(s.scratch_dir, ignore_errors=True)
         _log("stopped; unfinished slide jobs resume at the next start")
 
     app = FastAPI(title="saganet", version=__version__, lifespan=lifespan,

@@ -8,6 +8,7 @@ stay. SIGTERM stops the worker between batches and leaves the job `queued`.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -38,6 +39,19 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
         self.resumed = self._db.execute("UPDATE jobs SET state='queued', progress=0 WHERE state='running'").rowcount
+        self.removed_uploads = self._remove_orphan_uploads()
+
+    def _remove_orphan_uploads(self) -> int:
+        """Upload folders no job refers to: an upload cut short by a crash or `kill -9` (its job is
+        written only once the file is on disk)."""
+        known = {row[0] for row in self._db.execute("SELECT id FROM jobs WHERE uploaded=1")}
+        orphans = [d for d in self.uploads.iterdir() if d.name not in known]
+        for d in orphans:
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink(missing_ok=True)
+        return len(orphans)
 
     def new_id(self) -> str:
         return uuid.uuid4().hex
