@@ -31,7 +31,8 @@ namespace saganet {
 namespace {
 
 using nlohmann::json;
-constexpr int kFormatVersion = 1;  // saganet/bundle.py FORMAT_VERSION
+constexpr int kFormatVersion = 2;  // saganet/bundle.py FORMAT_VERSION
+constexpr const char* kPackageTileKey = "saganet_tile_size";  // saganet/bundle.py PACKAGE_TILE_KEY
 
 [[noreturn]] void fail(const std::string& msg) { throw Error(SAGANET_INVALID_ARGUMENT, msg); }
 
@@ -132,6 +133,16 @@ Engine::Engine(const std::string& bundle_dir, int threads) : impl_(std::make_uni
   if (version > kFormatVersion || version < 1)
     fail(mpath + ": format_version " + std::to_string(version) + "; this engine reads 1.." + std::to_string(kFormatVersion));
 
+  if (version >= 2) {  // the manifest's own digest, beside it
+    const std::string dpath = bundle_dir + "/manifest.sha256";
+    require_regular(dpath, "missing; it holds the manifest's sha256 (format_version 2)");
+    std::ifstream df(dpath);
+    std::string recorded;
+    df >> recorded;
+    if (recorded != sha256_file(mpath))
+      fail(mpath + ": changed after export (its sha256 is not the one in manifest.sha256); re-export the bundle rather than edit it");
+  }
+
   // Every file the manifest lists must be there and unchanged.
   const json files = field<json>(m, "files", mpath);
   if (!files.is_object() || !files.contains("weights.safetensors")) fail(mpath + ": 'files' lacks weights.safetensors");
@@ -200,6 +211,15 @@ Engine::Engine(const std::string& bundle_dir, int threads) : impl_(std::make_uni
   } catch (const std::exception& e) {
     throw Error(SAGANET_RUNTIME_ERROR, bundle_dir + "/model.pt2: cannot load the AOTInductor package (" + e.what() + ")");
   }
+  // The compiled code reads tiles of the size it was compiled for, whatever it is given.
+  const auto meta = b.loader->get_metadata();
+  const auto recorded = meta.find(kPackageTileKey);
+  if (recorded == meta.end())
+    fail(bundle_dir + "/model.pt2: does not record the tile size it was compiled for (exported before saganet bundle "
+         "format 2); re-export: saganet export " + bundle_dir + " --out NEW");
+  if (recorded->second != std::to_string(b.tile))
+    fail(bundle_dir + "/model.pt2: compiled for " + recorded->second + " px tiles, but the manifest says " +
+         std::to_string(b.tile) + "; the bundle is inconsistent");
 }
 
 Engine::~Engine() = default;

@@ -33,7 +33,8 @@ from . import __version__
 from .preprocess import Preprocessing
 
 FORMAT = "saganet-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest.sha256 beside the manifest; model.pt2 records its tile size
+PACKAGE_TILE_KEY = "saganet_tile_size"  # in model.pt2's metadata: the tile edge it was compiled for
 MAX_BATCH = 1024  # upper bound of the exported graphs' dynamic batch dimension
 _ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni",
               "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
@@ -147,7 +148,8 @@ def export_aoti(model: nn.Module, tile: int, path: Path, freezing: bool = True, 
         wrapper = _BFloat16(wrapper).eval()
     with torch.no_grad():
         ep = torch.export.export(wrapper, _example_inputs(tile), dynamic_shapes=_dynamic_batch())
-        torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs={"freezing": freezing})
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs={
+            "freezing": freezing, "aot_inductor.metadata": {PACKAGE_TILE_KEY: str(tile)}})
     calls_op = any("saganet.gate_mask_pool" in str(n.target) for n in ep.graph.nodes if n.op == "call_function")
     return {"isa": cpu_isa(), "torch": torch.__version__, "freezing": freezing, "max_batch": MAX_BATCH,
             "precision": precision, "custom_ops": ["saganet::gate_mask_pool"] if calls_op else [],
@@ -212,6 +214,9 @@ def export_bundle(source, out, mpp: float | None = None, tile_size: int | None =
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        # The manifest's own digest: the manifest covers every other file, this covers the manifest
+        # (an edited tile_size made the compiled engines read past their buffers).
+        (tmp / "manifest.sha256").write_text(sha256_file(tmp / "manifest.json") + "\n")
         for p in tmp.iterdir():
             p.chmod(0o644)
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
@@ -312,6 +317,12 @@ def load_bundle(path, verify: bool = True) -> Bundle:
                           f"this one ({__version__}) reads up to {FORMAT_VERSION}")
     if manifest["format_version"] < 1:
         raise BundleError(f"{mpath}: format_version {manifest['format_version']} is not valid")
+    if manifest["format_version"] >= 2 and verify:
+        dpath = path / "manifest.sha256"
+        _require_regular(dpath, "missing; it holds the manifest's sha256 (format_version 2)")
+        if dpath.read_text(encoding="ascii", errors="replace").strip() != sha256_file(mpath):
+            raise BundleError(f"{mpath}: changed after export (its sha256 is not the one in manifest.sha256); "
+                              f"re-export the bundle rather than edit it")
     if not manifest["mpp"] > 0 or manifest["tile_size"] < 1 or not manifest["class_names"]:
         raise BundleError(f"{mpath}: mpp, tile_size and class_names must be positive / non-empty")
     for name in ["weights.safetensors"] + [f["file"] for f in manifest["formats"].values()]:

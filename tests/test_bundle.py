@@ -77,7 +77,26 @@ def test_foreign_or_broken_manifest(demo_bundle, tmp_path, edit, message):
     m = json.loads((b / "manifest.json").read_text())
     edit(m)
     (b / "manifest.json").write_text(json.dumps(m))
+    reseal(b)  # past the manifest's own digest, to the check under test
     with pytest.raises(BundleError, match=message):
+        load_bundle(b)
+
+
+def reseal(bundle_dir):
+    """Rewrite manifest.sha256 after an edit, as someone who means it would."""
+    (bundle_dir / "manifest.sha256").write_text(sha256_file(bundle_dir / "manifest.json") + "\n")
+
+
+def test_an_edited_manifest_is_refused(demo_bundle, tmp_path):
+    """Issue 13, item 4: tile_size 224 -> 112 in manifest.json made the compiled engines segfault."""
+    b = _copy(demo_bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["tile_size"] = 112
+    (b / "manifest.json").write_text(json.dumps(m, indent=2))
+    with pytest.raises(BundleError, match="changed after export"):
+        load_bundle(b)
+    (b / "manifest.sha256").unlink()
+    with pytest.raises(BundleError, match="manifest.sha256: missing"):
         load_bundle(b)
 
 

@@ -93,6 +93,10 @@ def _bundle_copy(bundle, tmp_path):
      "compiled for a CPU with avx512_fp99, which this CPU lacks"),
     (lambda b: _edit(b, lambda m: m["preprocessing"]["mask"].update(nuclei_threshold="otsu")), "supports fixed thresholds only"),
     (lambda b: _edit(b, lambda m: m["formats"].pop("aoti")), "has no AOTInductor package"),
+    (lambda b: (b / "manifest.json").write_text((b / "manifest.json").read_text().replace('"tile_size": 224', '"tile_size": 112')),
+     "changed after export"),
+    (lambda b: _edit(b, lambda m: m.update(tile_size=112)), "compiled for 224 px tiles, but the manifest says 112"),
+    (lambda b: (b / "manifest.sha256").unlink(), "manifest.sha256: missing"),
 ])
 def test_bad_bundles_are_refused_with_the_reason(fresh_bundle, tmp_path, damage, message):
     b = _bundle_copy(fresh_bundle, tmp_path)
@@ -102,9 +106,13 @@ def test_bad_bundles_are_refused_with_the_reason(fresh_bundle, tmp_path, damage,
 
 
 def _edit(b: Path, change):
+    """Edit the manifest and reseal it (manifest.sha256), to reach the check under test."""
+    from saganet.bundle import sha256_file
+
     m = json.loads((b / "manifest.json").read_text())
     change(m)
     (b / "manifest.json").write_text(json.dumps(m))
+    (b / "manifest.sha256").write_text(sha256_file(b / "manifest.json"))
 
 
 def test_wrong_inputs_are_refused(fresh_bundle):
@@ -242,3 +250,25 @@ print(sorted({l.split()[-1] for l in open("/proc/self/maps") if "libsaganet.so" 
                          timeout=60, check=True).stdout.splitlines()
     assert "no manifest.json" in out[0]
     assert len(eval(out[1])) == 1, out[1]
+
+
+def test_a_package_of_another_tile_size_is_refused_everywhere(fresh_bundle, tmp_path, data_dir):
+    """Issue 13, item 4: a 224 px model.pt2 in a 112 px bundle (hashes fixed up) segfaulted the aoti and
+    native backends, `saganet predict` and the C API. Each now refuses it with the reason."""
+    import subprocess
+    import sys
+
+    from saganet.bundle import sha256_file
+    from saganet.engine import Engine
+
+    b = _bundle_copy(fresh_bundle, tmp_path)
+    _edit(b, lambda m: (m.update(tile_size=112), m["files"].update({"model.pt2": sha256_file(b / "model.pt2")})))
+    message = "compiled for 224 px tiles, but the manifest says 112"
+    for backend in ("aoti", "native"):
+        with pytest.raises(ValueError, match=message):
+            Engine(b, backend=backend)
+    cli = subprocess.run([sys.executable, "-m", "saganet", "predict", str(b), str(data_dir / "wsi" / "cmu_small_region.svs"),
+                          "--out", str(tmp_path / "out"), "--backend", "native"], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and message in cli.stderr and "Traceback" not in cli.stderr, cli.stderr[-2000:]
+    out = _c_api(b)
+    assert out.returncode == 0 and out.stdout.startswith("refused") and message in out.stdout, out

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..bundle import MAX_BATCH, isa_mismatch
+from ..bundle import MAX_BATCH, PACKAGE_TILE_KEY, BundleError, isa_mismatch
 
 
 def unavailable(bundle) -> str | None:
@@ -25,11 +25,24 @@ def unavailable(bundle) -> str | None:
     return None
 
 
+def check_package_tile(metadata: dict, bundle) -> None:
+    """The compiled package reads tiles of the size it was compiled for whatever it is given: it must
+    be the manifest's (csrc/engine.cpp checks the same)."""
+    recorded = metadata.get(PACKAGE_TILE_KEY)
+    if recorded is None:
+        raise BundleError(f"{bundle.file('model.pt2')}: does not record the tile size it was compiled for (exported "
+                          f"before saganet bundle format 2); re-export: saganet export {bundle.path} --out NEW")
+    if recorded != str(bundle.tile_size):
+        raise BundleError(f"{bundle.file('model.pt2')}: compiled for {recorded} px tiles, but the manifest says "
+                          f"{bundle.tile_size}; the bundle is inconsistent")
+
+
 class Backend:
     def __init__(self, bundle, threads: int | None):
         if threads:
             torch.set_num_threads(threads)
         self.model = torch._inductor.aoti_load_package(str(bundle.file("model.pt2")))
+        check_package_tile(self.model.get_metadata(), bundle)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray):
         # The compiled code does not check shapes (AOTI_RUNTIME_CHECK_INPUTS is off): the engine
