@@ -306,6 +306,10 @@ def load_bundle(path, verify: bool = True) -> Bundle:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{mpath}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise BundleError(f"{mpath}: nested too deeply to be a manifest") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise BundleError(f"{mpath}: not a readable manifest ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleError(f"{mpath}: format is {found!r}, expected {FORMAT!r}; not a saganet bundle")
@@ -325,6 +329,9 @@ def load_bundle(path, verify: bool = True) -> Bundle:
                               f"re-export the bundle rather than edit it")
     if not manifest["mpp"] > 0 or manifest["tile_size"] < 1 or not manifest["class_names"]:
         raise BundleError(f"{mpath}: mpp, tile_size and class_names must be positive / non-empty")
+    if manifest["model"].get("num_classes", len(manifest["class_names"])) != len(manifest["class_names"]):
+        raise BundleError(f"{mpath}: {len(manifest['class_names'])} class_names for a model of "
+                          f"{manifest['model'].get('num_classes')} classes")
     for name in ["weights.safetensors"] + [f["file"] for f in manifest["formats"].values()]:
         if name not in manifest["files"]:
             raise BundleError(f"{mpath}: {name} is not listed under 'files'")

@@ -134,3 +134,30 @@ def test_isa_mismatch_is_explained():
 def test_export_keeps_the_trained_weights(demo_bundle, fresh_bundle):
     assert fresh_bundle.manifest["files"]["weights.safetensors"] == demo_bundle.manifest["files"]["weights.safetensors"]
     assert fresh_bundle.model_id.split("@")[1] == demo_bundle.model_id.split("@")[1]
+
+
+def test_predict_on_broken_manifests_explains_without_a_traceback(demo_bundle, tmp_path, data_dir, capsys):
+    """Issue 13, item 10: a manifest nested 100,000 deep, and class_names cut to 3 (resealed, so the
+    digest does not catch it), ended in Python tracebacks."""
+    import numpy as np
+
+    from saganet.engine import Engine
+
+    slide = str(data_dir / "wsi" / "cmu_small_region.svs")
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "manifest.json").write_text('{"a":' * 100000 + "1" + "}" * 100000)
+    assert main(["predict", str(deep), slide, "--out", str(tmp_path / "o1")]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
+    cut = _copy(demo_bundle, tmp_path)
+    m = json.loads((cut / "manifest.json").read_text())
+    m["class_names"] = m["class_names"][:3]
+    (cut / "manifest.json").write_text(json.dumps(m))
+    reseal(cut)
+    assert main(["predict", str(cut), slide, "--out", str(tmp_path / "o2"), "--backend", "onnxruntime"]) == 2
+    assert "3 class_names for a model of 7 classes" in capsys.readouterr().err
+    m["model"]["num_classes"] = 3  # consistent on paper; the network still gives 7 scores
+    (cut / "manifest.json").write_text(json.dumps(m))
+    reseal(cut)
+    with pytest.raises(BundleError, match="the network gives 7 class scores but the manifest names 3"):
+        Engine(cut, backend="onnxruntime").classify(np.full((1, 224, 224, 3), 200, np.uint8))

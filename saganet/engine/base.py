@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bundle import Bundle, load_bundle
+from ..bundle import Bundle, BundleError, load_bundle
 from ..tissue import valid_area_mask
 
 # Every backend; "auto" times the available ones on a probe batch and keeps the fastest, since
@@ -137,6 +137,9 @@ class Engine:
     def run(self, image: np.ndarray, mask: np.ndarray, return_gate: bool = False) -> Prediction:
         """The network on preprocessed arrays (as from `preprocess`)."""
         probs, scores, gate = self._run(np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.float32))
+        if probs.ndim != 2 or probs.shape[1] != len(self.class_names):
+            raise BundleError(f"{self.bundle.path}: the network gives {probs.shape[-1]} class scores but the manifest "
+                              f"names {len(self.class_names)} classes; the bundle is inconsistent")
         lengths = scores if self.bundle.manifest["model"]["head"] == "length" else None
         return Prediction(probs, lengths, mask.reshape(len(mask), -1).mean(axis=1), gate[:, 0] if return_gate else None)
 
