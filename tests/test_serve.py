@@ -385,6 +385,31 @@ def test_a_slide_swapped_for_a_link_after_submission_is_not_read(tmp_path, data_
     assert job["state"] == "failed" and "outside the slide root" in job["error"], job
 
 
+def test_delete_cancels_queued_and_running_jobs(server, data_dir):
+    """Issue 13, item 8: a long job could not be stopped. DELETE cancels a queued job at once and a
+    running one at its next batch; finished jobs answer 409, unknown ones 404."""
+    tcga = data_dir / "wsi" / "tcga-cr-7395-01a-01-ts1.svs"
+    long_job = server.client.post("/v1/slides", files={"file": (tcga.name, tcga.read_bytes())},
+                                  data={"mpp": "1.0"}).json()["id"]  # about a thousand tiles at 2x coarser than the model
+    queued = server.client.post("/v1/slides", json={"path": SLIDE}).json()["id"]
+    server.wait_job(long_job, states=("running",), timeout=60)
+    r = server.client.delete(f"/v1/slides/{queued}")
+    assert r.status_code == 202 and r.json()["state"] == "cancelled"
+    r = server.client.delete(f"/v1/slides/{long_job}")
+    assert r.status_code == 202 and r.json()["state"] == "cancelling", r.text
+    job = server.wait_job(long_job, states=("cancelled", "done", "failed"), timeout=60)
+    assert job["state"] == "cancelled" and job["progress"] < 1.0, job
+    assert server.client.get(f"/v1/slides/{queued}").json()["state"] == "cancelled"
+    assert server.client.get(f"/v1/slides/{long_job}/geojson").status_code == 409
+    done = server.client.post("/v1/slides", json={"path": SLIDE}).json()["id"]
+    assert server.wait_job(done)["state"] == "done"  # the queue goes on after a cancel
+    assert server.client.delete(f"/v1/slides/{done}").status_code == 409
+    assert server.client.delete("/v1/slides/" + "0" * 32).status_code == 404
+    assert server.client.delete("/v1/slides/..%2Fjobs.sqlite3").status_code == 404
+    metrics = server.client.get("/metrics").text
+    assert 'saganet_jobs{state="cancelled"}' in metrics
+
+
 def test_upload_folders_of_no_job_are_removed_at_start(tmp_path):
     """Issue 13, item 11: a `kill -9` during an upload left an empty upload folder for good."""
     from saganet.serve.jobs import JobStore

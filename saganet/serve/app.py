@@ -247,6 +247,16 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
             out["error"] = job["error"]
         return out
 
+    @app.delete("/v1/slides/{job_id}", status_code=202)
+    async def cancel_slide(job_id: str):
+        """Cancel a queued job at once, or a running one at its next batch (state `cancelling`, then
+        `cancelled`); a finished job answers 409."""
+        library.get(job_id)  # 404 for an unknown or malformed id
+        state = await asyncio.get_running_loop().run_in_executor(None, store.cancel, job_id)
+        if state not in ("cancelled", "cancelling"):
+            raise Refused(409, f"job {job_id} is {state}; only queued or running jobs can be cancelled")
+        return {"id": job_id, "state": state}
+
     mount_viewer(app, library, _log)
     app.state.store, app.state.batcher = store, batcher
     return app

@@ -20,7 +20,7 @@ from ..slide.pipeline import Interrupted, PredictConfig, predict_slide
 from ..slide.reader import SlideError
 from .security import Refused, inside
 
-STATES = ("queued", "running", "done", "failed")
+STATES = ("queued", "running", "cancelling", "done", "failed", "cancelled")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, state TEXT NOT NULL, source TEXT NOT NULL, name TEXT NOT NULL, uploaded INTEGER NOT NULL,
   created REAL NOT NULL, updated REAL NOT NULL, progress REAL NOT NULL DEFAULT 0, result TEXT, error TEXT, mpp REAL)"""
@@ -38,6 +38,7 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._db.execute("UPDATE jobs SET state='cancelled' WHERE state='cancelling'")  # cancelled, then a crash
         self.resumed = self._db.execute("UPDATE jobs SET state='queued', progress=0 WHERE state='running'").rowcount
         self.removed_uploads = self._remove_orphan_uploads()
 
@@ -94,6 +95,23 @@ class JobStore:
             self._db.execute("UPDATE jobs SET state='running', updated=? WHERE id=?", (time.time(), row[0]))
         return row[0], Path(row[1]), row[2]
 
+    def cancel(self, job_id: str) -> str | None:
+        """A queued job is cancelled at once; a running one is marked `cancelling` and its runner stops
+        at the next batch. Returns the job's state after the call (None: no such job)."""
+        with self._lock:
+            row = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            new = {"queued": "cancelled", "running": "cancelling"}.get(row[0], row[0])
+            if new != row[0]:
+                self._db.execute("UPDATE jobs SET state=?, updated=? WHERE id=?", (new, time.time(), job_id))
+        return new
+
+    def state(self, job_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else row[0]
+
     def update(self, job_id: str, **fields) -> None:
         fields["updated"] = time.time()
         if "result" in fields:
@@ -129,6 +147,9 @@ class JobRunner(threading.Thread):
         def progress(done, total):
             self.store.update(job_id, progress=round(done / total, 4) if total else 1.0)
 
+        def should_stop() -> bool:  # a shutdown, or DELETE /v1/slides/{id}
+            return self.stopping.is_set() or self.store.state(job_id) == "cancelling"
+
         try:
             # Resolved again now: a slide swapped for a link out of the root since it was submitted is
             # refused, and the job reads the resolved file, not the link.
@@ -138,13 +159,17 @@ class JobRunner(threading.Thread):
                 from ..slide.cluster import predict_slide_on
 
                 report = predict_slide_on(self.cluster, self.engine, source, self.store.out_dir(job_id), cfg,
-                                          on_progress=progress, should_stop=self.stopping.is_set)
+                                          on_progress=progress, should_stop=should_stop)
             else:
                 report = predict_slide(self.engine, source, self.store.out_dir(job_id), cfg,
-                                       on_progress=progress, should_stop=self.stopping.is_set)
+                                       on_progress=progress, should_stop=should_stop)
         except Interrupted:
-            self.store.update(job_id, state="queued", progress=0)
-            self.log(f"job {job_id}: stopped by shutdown; it resumes when the server starts again")
+            if self.store.state(job_id) == "cancelling":
+                self.store.update(job_id, state="cancelled")
+                self.log(f"job {job_id}: cancelled")
+            else:
+                self.store.update(job_id, state="queued", progress=0)
+                self.log(f"job {job_id}: stopped by shutdown; it resumes when the server starts again")
         except Refused as e:
             self.store.update(job_id, state="failed", error=e.message)
             self.log(f"job {job_id}: refused: {e.message}")

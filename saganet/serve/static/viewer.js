@@ -75,7 +75,7 @@ async function refreshSlides() {
   if (!data.slides.length) list.innerHTML = "<li class='state'>none yet</li>";
   const shown = data.slides.find((s) => s.id === state.current);
   if (shown && state.layout && shown.state !== state.layout.state) await openSlide(shown.id, true);
-  if (data.slides.some((s) => s.state === "queued" || s.state === "running")) {
+  if (data.slides.some((s) => ["queued", "running", "cancelling"].includes(s.state))) {
     state.polling = setTimeout(() => refreshSlides().catch((e) => say(e.message)), 1000);
   }
 }
@@ -94,6 +94,16 @@ function slideItem(s) {
     bar.max = 1;
     bar.value = s.progress;
     li.append(bar);
+    if (state.writable) {
+      const stop = document.createElement("button");
+      stop.textContent = "cancel";
+      stop.className = "cancel";
+      stop.onclick = (e) => {
+        e.stopPropagation();
+        apiJSON(`/v1/slides/${s.id}`, { method: "DELETE" }).then(refreshSlides).catch((err) => say(err.message));
+      };
+      li.append(stop);
+    }
   }
   li.onclick = () => openSlide(s.id).catch((e) => say(e.message));
   return li;
