@@ -410,6 +410,30 @@ def test_delete_cancels_queued_and_running_jobs(server, data_dir):
     assert 'saganet_jobs{state="cancelled"}' in metrics
 
 
+def test_a_stalled_body_is_refused_and_its_connection_closed(tmp_path):
+    """Issue 13, item 8: slow-body connections were still open after 100 s."""
+    import socket
+
+    s = Server(DEMO_BUNDLE, tmp_path / "state", "--backend", "onnxruntime", "--body-idle-s", "1")
+    try:
+        for head in (b"POST /v1/slides HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+                     b"POST /v1/classify?shape=1,224,224,3 HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/octet-stream\r\nContent-Length: 150528\r\n\r\n",
+                     b"POST /v1/slides HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+                t0 = time.monotonic()
+                sock.sendall(head + b"{\"pa")  # a start of a body, then nothing
+                answer = b""
+                while chunk := sock.recv(4096):  # until the server closes the connection
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer, answer[:200]
+                assert time.monotonic() - t0 < 8
+        assert s.alive()
+    finally:
+        assert s.stop(), s.log()
+
+
 def test_upload_folders_of_no_job_are_removed_at_start(tmp_path):
     """Issue 13, item 11: a `kill -9` during an upload left an empty upload folder for good."""
     from saganet.serve.jobs import JobStore

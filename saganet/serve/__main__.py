@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-queue-tiles", type=int, default=d.max_queue_tiles)
     ap.add_argument("--max-upload-mb", type=int, default=d.max_upload_mb)
+    ap.add_argument("--body-idle-s", type=float, default=d.body_idle_s,
+                    help="refuse (408) a request body that sends nothing for this long (default %(default)s)")
     ap.add_argument("--cluster", default=None, metavar="ADDRESS",
                     help="run slide jobs on a Dask cluster: local:N or tcp://HOST:PORT (docs/scaling.md)")
     ap.add_argument("--cluster-upload-bundle", action="store_true",
@@ -35,11 +37,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not 1 <= a.max_batch <= 1024 or a.max_delay_ms < 0 or a.max_queue_tiles < a.max_batch:
         ap.error("--max-batch must be 1..1024, --max-delay-ms >= 0, --max-queue-tiles >= --max-batch")
+    if not 0 < a.body_idle_s <= 3600:
+        ap.error("--body-idle-s must be in (0, 3600]")
     if a.slide_root and not os.path.isdir(a.slide_root):
         ap.error(f"--slide-root {a.slide_root}: not a directory")
     settings = Settings(model=a.model, backend=a.backend, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
                         slide_root=a.slide_root, state_dir=a.state_dir, token=a.token or os.environ.get("SAGANET_TOKEN"),
-                        threads=a.threads, max_queue_tiles=a.max_queue_tiles, max_upload_mb=a.max_upload_mb,
+                        threads=a.threads, max_queue_tiles=a.max_queue_tiles, max_upload_mb=a.max_upload_mb, body_idle_s=a.body_idle_s,
                         cluster=a.cluster, cluster_upload_bundle=a.cluster_upload_bundle)
     import uvicorn
 

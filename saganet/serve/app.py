@@ -42,6 +42,7 @@ class Settings:
     max_upload_mb: int = 2048  # one uploaded slide
     max_tile_pixels: int = 4096 * 4096  # decoded size of one tile image (decompression bombs)
     request_timeout_s: float = 60.0
+    body_idle_s: float = 30.0  # a request body that stalls this long is refused (408)
     slide_batch_size: int = 8
     cluster: str | None = None  # Dask scheduler (tcp://HOST:PORT) or local:N for slide jobs; None = this process
     cluster_upload_bundle: bool = False  # send the bundle's files to the workers instead of its path
@@ -172,9 +173,9 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
         ctype = request.headers.get("content-type", "")
         limit = s.max_classify_mb * MB
         if ctype.startswith("application/octet-stream"):
-            tiles = raw_tiles(await read_body(request, limit), shape, tile, s.max_tiles_per_request)
+            tiles = raw_tiles(await read_body(request, limit, s.body_idle_s), shape, tile, s.max_tiles_per_request)
         elif ctype.startswith("multipart/form-data"):
-            form = await read_form(request, limit, s.max_tiles_per_request)
+            form = await read_form(request, limit, s.max_tiles_per_request, s.body_idle_s)
             try:
                 uploads = form.getlist("tiles")
                 if not uploads:
@@ -203,11 +204,11 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
         ctype = request.headers.get("content-type", "")
         job_id = store.new_id()
         if ctype.startswith("application/json"):
-            body = json_object(await read_body(request, 64 * 1024))
+            body = json_object(await read_body(request, 64 * 1024, s.body_idle_s))
             source, uploaded = confine(slide_root, body.get("path")), False
             name, mpp = source.name, _mpp(body.get("mpp"))
         elif ctype.startswith("multipart/form-data"):
-            form = await read_form(request, s.max_upload_mb * MB, 1)
+            form = await read_form(request, s.max_upload_mb * MB, 1, s.body_idle_s)
             try:
                 upload = form.get("file")
                 if upload is None or isinstance(upload, str):

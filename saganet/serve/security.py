@@ -144,32 +144,42 @@ def safe_name(name: str | None, default: str = "upload") -> str:
     return cleaned[:120] or default
 
 
-async def _limited(request, limit: int):
+async def _limited(request, limit: int, idle: float = 30.0):
     """The request body as it arrives, refused (413) as soon as it passes `limit` bytes: a
-    Content-Length that lies or a chunked upload cannot get past it."""
+    Content-Length that lies or a chunked upload cannot get past it. A body that stalls for
+    `idle` seconds is refused (408), so a slow client cannot hold a connection open for good."""
+    import asyncio
+
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise Refused(413, f"request body over the limit of {limit} bytes")
     received = 0
-    async for chunk in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), idle)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise Refused(408, f"the request body stalled: no data for {idle:g} s") from None
         received += len(chunk)
         if received > limit:
             raise Refused(413, f"request body over the limit of {limit} bytes")
         yield chunk
 
 
-async def read_body(request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in _limited(request, limit)])
+async def read_body(request, limit: int, idle: float = 30.0) -> bytes:
+    return b"".join([chunk async for chunk in _limited(request, limit, idle)])
 
 
-async def read_form(request, limit: int, max_files: int):
+async def read_form(request, limit: int, max_files: int, idle: float = 30.0):
     """A multipart form, parsed from the limited stream (files spool to temporary files)."""
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise Refused(415, "expected multipart/form-data")
     try:
-        return await MultiPartParser(request.headers, _limited(request, limit), max_files=max_files,
+        return await MultiPartParser(request.headers, _limited(request, limit, idle), max_files=max_files,
                                      max_fields=max_files + 16).parse()
     except MultiPartException as e:
         raise Refused(400, f"malformed multipart form: {e.message}") from None
