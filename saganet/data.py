@@ -119,11 +119,15 @@ def read_manifest(csv_path) -> list[Sample]:
 
 def scan_image_folder(root) -> list[Sample]:
     root = Path(root)
-    samples = []
+    samples, empty = [], []
     for cls in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        for f in sorted(cls.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                samples.append(Sample(str(f), cls.name))
+        found = [Sample(str(f), cls.name) for f in sorted(cls.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        samples += found
+        if not found:
+            empty.append(cls.name)
+    if samples and empty:  # a class the model would silently not have
+        raise DatasetError(f"{root}: class folder(s) {', '.join(empty)} hold no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                           f"add images or remove the folder(s)")
     if not samples:
         raise DatasetError(f"{root}: no images found in class sub-folders (expected {root}/<class>/<image>)")
     return samples

@@ -85,3 +85,39 @@ def test_user_mask_size_checked(tmp_path):
     assert load_mask_png(tmp_path / "m.png", (4, 5)).all()
     with pytest.raises(ImageLoadError, match="m.png.*5x4"):
         load_mask_png(tmp_path / "m.png", (8, 8))
+
+
+def test_an_empty_class_folder_is_named_not_dropped(tmp_path):
+    """Issue 13, item 10: an empty class folder was dropped without a word (the model lacked the class)."""
+    from PIL import Image
+
+    from saganet.data import DatasetError, load_dataset
+
+    for cls in ("A", "B"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (32, 32)).save(tmp_path / cls / "x.png")
+    (tmp_path / "C").mkdir()
+    (tmp_path / "C" / "notes.txt").write_text("no images here")
+    with pytest.raises(DatasetError, match="class folder.s. C hold no images"):
+        load_dataset(tmp_path)
+
+
+def test_transparency_is_white_in_training_and_slide_reading(tmp_path):
+    """Issue 13, item 7: one rule on every path; here training's loader and the pipeline's plain-image
+    reader (the server's tile decoding is tested in test_serve.py)."""
+    import numpy as np
+    from PIL import Image
+
+    from saganet.data import load_image
+    from saganet.slide.reader import open_reader
+
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = 30
+    rgba[..., 3] = 255
+    rgba[:, :32, 3] = 0  # left half transparent (its colour channels say black)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    trained = load_image(tmp_path / "t.png")
+    with open_reader(tmp_path / "t.png") as reader:
+        read = reader.read(0, 0, 64, 64)
+    assert (trained[:, :32] == 255).all() and (trained[:, 32:] == 30).all()
+    np.testing.assert_array_equal(read, trained)
