@@ -207,8 +207,8 @@ def viewer_router(library, readers: int = 4) -> APIRouter:
         path = library.slide_file(entry)
 
         def open_():
-            try:
-                return DeepZoom(path)
+            try:  # a finished prediction's thumbnail serves the coarse levels (nothing decoded whole)
+                return DeepZoom(path, entry.out_dir / "thumbnail.png" if entry.state == "done" else None)
             except SlideError as e:
                 raise Refused(422, str(e)) from None
 

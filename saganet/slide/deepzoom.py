@@ -6,7 +6,8 @@ transparent pixels (the pipeline's rule, `read_rgb`), and a read at a whole mult
 size is reduced by box averaging (`Image.reduce`) rather than Lanczos (5x faster at 2x); and every
 level no finer than the slide's smallest level is cut from that level, read whole when the slide is
 opened (if it is at most OVERVIEW_MAX_PIXELS): coarse tiles would otherwise each read millions of
-pixels, and on a small slide every tile comes from memory.
+pixels, and on a small slide every tile comes from memory. A slide with a prediction uses the
+prediction's thumbnail instead for the levels it covers, so opening it decodes nothing whole.
 Slides go through OpenSlide; plain PNG/JPEG/TIFF images through OpenSlide's ImageSlide, after the same
 pixel limit as the pipeline's ImageReader (an image is decoded whole on its first tile).
 """
@@ -34,7 +35,9 @@ class DeepZoom:
     """An open slide as a deep-zoom pyramid; `tile()` gives JPEG bytes. Safe to share between threads
     (OpenSlide reads are thread-safe; DeepZoomGenerator keeps no per-call state)."""
 
-    def __init__(self, path):
+    def __init__(self, path, thumbnail=None):
+        """`thumbnail`: the slide's thumbnail.png from `saganet predict`, when there is one: coarse levels
+        are cut from it, and the slide is not decoded whole when it opens."""
         import openslide
         from openslide.deepzoom import DeepZoomGenerator
 
@@ -56,11 +59,30 @@ class DeepZoom:
             global _cache
             _cache = _cache or openslide.OpenSlideCache(CACHE_BYTES)
             self.slide.set_cache(_cache)
-        self._overview = None  # the smallest slide level, whole: coarse levels are cut from it
-        last = self.slide.level_count - 1
-        w, h = self.slide.level_dimensions[last]
-        if w * h <= OVERVIEW_MAX_PIXELS:  # now, not under the first burst of tile requests
-            self._overview = Image.fromarray(self._read_level(last, w, h))
+        # An image of the whole slide that coarse levels are cut from, and its downsample (x, y).
+        self._overview, self._overview_ds = self._thumbnail(thumbnail), None
+        if self._overview is not None:
+            self._overview_ds = (self.dimensions[0] / self._overview.width, self.dimensions[1] / self._overview.height)
+        else:  # the smallest slide level, read now rather than under the first burst of tile requests
+            last = self.slide.level_count - 1
+            w, h = self.slide.level_dimensions[last]
+            if w * h <= OVERVIEW_MAX_PIXELS:
+                self._overview = Image.fromarray(self._read_level(last, w, h))
+                self._overview_ds = (self.slide.level_downsamples[last],) * 2
+
+    def _thumbnail(self, path) -> Image.Image | None:
+        """The prediction's thumbnail when it is this slide's (same aspect to 2 %), else None."""
+        if path is None or not Path(path).is_file():
+            return None
+        try:
+            with Image.open(path) as im:
+                if im.width * im.height > OVERVIEW_MAX_PIXELS:
+                    return None
+                thumb = im.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return None
+        w, h = self.dimensions
+        return thumb if abs((w / thumb.width) / (h / thumb.height) - 1) < 0.02 else None
 
     def _read_level(self, level: int, w: int, h: int) -> np.ndarray:
         """A whole level, read in horizontal strips on two threads when strips map to whole level-0
@@ -76,16 +98,16 @@ class DeepZoom:
             return np.concatenate(list(pool.map(strip, range(strips))))
 
     def _from_overview(self, col: int, row: int, scale: float, out) -> Image.Image | None:
-        """The tile cut from the in-memory smallest level when the deep-zoom level is no finer than that
-        level (to 0.1 %: a level at 2.0005x serves the 2x deep-zoom level with its own pixels); else None."""
-        last = self.slide.level_count - 1
-        ds = self.slide.level_downsamples[last]
-        if self._overview is None or scale < ds * (1 - 1e-3):
+        """The tile cut from the in-memory overview when the deep-zoom level is no finer than it (to
+        0.1 %: a slide level at 2.0005x serves the 2x deep-zoom level with its own pixels); else None."""
+        if self._overview is None or scale < max(self._overview_ds) * (1 - 1e-3):
             return None
+        dsx, dsy = self._overview_ds
         w, h = self._overview.size
         # The tile's top-left in deep-zoom pixels (one pixel of overlap before all but the first).
-        x, y = (round((t * TILE_SIZE - OVERLAP * (t > 0)) * scale / ds) for t in (col, row))
-        span = (max(1, round(out[0] * scale / ds)), max(1, round(out[1] * scale / ds)))
+        x = round((col * TILE_SIZE - OVERLAP * (col > 0)) * scale / dsx)
+        y = round((row * TILE_SIZE - OVERLAP * (row > 0)) * scale / dsy)
+        span = (max(1, round(out[0] * scale / dsx)), max(1, round(out[1] * scale / dsy)))
         if x + span[0] <= w and y + span[1] <= h:
             return self._overview.crop((x, y, x + span[0], y + span[1]))
         region = Image.new("RGB", span, "white")  # beyond the slide's edge is glass, as in read_rgb
