@@ -410,6 +410,28 @@ def test_delete_cancels_queued_and_running_jobs(server, data_dir):
     assert 'saganet_jobs{state="cancelled"}' in metrics
 
 
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A tiny JPEG whose header declares width x height (its frame header patched)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 120, 160)).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_small_upload_declaring_a_huge_image_is_refused_at_once(server):
+    """Issue 13, item 2: a 632-byte JPEG declaring 13,000 x 13,000 px was decoded in the request
+    handler (/healthz waited 6.5 s, 5 GB peak). Now only its header is read, off the event loop, and
+    it is over the server's plain-image limit."""
+    body = _jpeg_declaring(13000, 13000)
+    assert len(body) < 1000
+    t0 = time.monotonic()
+    r = server.client.post("/v1/slides", files={"file": ("huge.jpg", body)}, data={"mpp": "0.5"})
+    assert r.status_code == 422 and "13000x13000 is over the 64,000,000-pixel limit" in r.json()["error"], r.text
+    assert time.monotonic() - t0 < 2 and server.client.get("/healthz").status_code == 200
+
+
 def test_a_stalled_body_is_refused_and_its_connection_closed(tmp_path):
     """Issue 13, item 8: slow-body connections were still open after 100 s."""
     import socket

@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-queue-tiles", type=int, default=d.max_queue_tiles)
     ap.add_argument("--max-upload-mb", type=int, default=d.max_upload_mb)
+    ap.add_argument("--max-plain-pixels", type=int, default=d.max_plain_pixels,
+                    help="largest plain PNG/JPEG/TIFF slide accepted (decoded whole by its job; default %(default)s)")
     ap.add_argument("--body-idle-s", type=float, default=d.body_idle_s,
                     help="refuse (408) a request body that sends nothing for this long (default %(default)s)")
     ap.add_argument("--cluster", default=None, metavar="ADDRESS",
@@ -39,11 +41,14 @@ def main(argv=None) -> int:
         ap.error("--max-batch must be 1..1024, --max-delay-ms >= 0, --max-queue-tiles >= --max-batch")
     if not 0 < a.body_idle_s <= 3600:
         ap.error("--body-idle-s must be in (0, 3600]")
+    if not 1 <= a.max_plain_pixels <= 178_956_970:
+        ap.error("--max-plain-pixels must be 1..178956970 (Pillow's own limit)")
     if a.slide_root and not os.path.isdir(a.slide_root):
         ap.error(f"--slide-root {a.slide_root}: not a directory")
     settings = Settings(model=a.model, backend=a.backend, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
                         slide_root=a.slide_root, state_dir=a.state_dir, token=a.token or os.environ.get("SAGANET_TOKEN"),
                         threads=a.threads, max_queue_tiles=a.max_queue_tiles, max_upload_mb=a.max_upload_mb, body_idle_s=a.body_idle_s,
+                        max_plain_pixels=a.max_plain_pixels,
                         cluster=a.cluster, cluster_upload_bundle=a.cluster_upload_bundle)
     import uvicorn
 

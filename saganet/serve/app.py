@@ -41,6 +41,7 @@ class Settings:
     max_classify_mb: int = 64  # body of one /v1/classify request
     max_upload_mb: int = 2048  # one uploaded slide
     max_tile_pixels: int = 4096 * 4096  # decoded size of one tile image (decompression bombs)
+    max_plain_pixels: int = 64_000_000  # a plain-image slide (decoded whole by its job: 192 MB of RGB); larger: pyramid TIFF
     request_timeout_s: float = 60.0
     body_idle_s: float = 30.0  # a request body that stalls this long is refused (408)
     slide_batch_size: int = 8
@@ -227,7 +228,7 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
         else:
             raise Refused(415, "send application/json {\"path\": ...} or multipart/form-data with field `file`")
         try:  # refuse what cannot be read now, not minutes later in the job; off the loop, pixels not decoded
-            await asyncio.get_running_loop().run_in_executor(None, probe, source)
+            await asyncio.get_running_loop().run_in_executor(None, probe, source, s.max_plain_pixels)
         except SlideError as e:
             if uploaded:
                 shutil.rmtree(source.parent, ignore_errors=True)

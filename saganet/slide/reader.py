@@ -253,9 +253,10 @@ class ImageReader(Reader):
         return _resize(region, out)
 
 
-def probe(path) -> None:
+def probe(path, max_plain_pixels: int = MAX_PLAIN_PIXELS) -> None:
     """Check that `path` can be opened as a slide or image without decoding its pixels (a plain
-    image's header only): what a server does at the door, before a job reads the file."""
+    image's header only): what a server does at the door, before a job reads the file. A plain
+    image is decoded whole by its job, so the server may hold it to a lower `max_plain_pixels`."""
     p = Path(path)
     if not p.is_file():
         raise SlideError(f"{p}: no such file")
@@ -269,8 +270,8 @@ def probe(path) -> None:
             w, h = im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise SlideError(f"{p}: cannot read image ({e})") from None
-    if w * h > MAX_PLAIN_PIXELS:
-        raise SlideError(f"{p}: {w}x{h} is over the {MAX_PLAIN_PIXELS:,}-pixel limit for plain images (they are "
+    if w * h > max_plain_pixels:
+        raise SlideError(f"{p}: {w}x{h} is over the {max_plain_pixels:,}-pixel limit for plain images (they are "
                          f"decoded whole); convert it to a pyramid TIFF")
 
 
