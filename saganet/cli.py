@@ -277,7 +277,9 @@ def main(argv=None) -> int:
             log = lambda m: print(f"saganet view: {m}", file=sys.stderr, flush=True)  # noqa: E731
             app = create_viewer_app(args.results, args.token or os.environ.get("SAGANET_TOKEN"), log)
             log(f"viewer of {args.results} at http://{args.host}:{args.port}/")
-            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+            from .serve.http import header_deadline_protocol
+
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=header_deadline_protocol(10.0))
     except KeyboardInterrupt:
         print("interrupted; finished epochs/runs are saved and the command resumes where it stopped", file=sys.stderr)
         return 130

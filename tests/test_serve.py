@@ -432,12 +432,30 @@ def test_a_small_upload_declaring_a_huge_image_is_refused_at_once(server):
     assert time.monotonic() - t0 < 2 and server.client.get("/healthz").status_code == 200
 
 
-def test_a_stalled_body_is_refused_and_its_connection_closed(tmp_path):
-    """Issue 13, item 8: slow-body connections were still open after 100 s."""
+def test_slow_headers_and_stalled_bodies_are_cut_off(tmp_path):
+    """Issue 13, item 8: slow-header and slow-body connections were still open after 100 s."""
     import socket
 
-    s = Server(DEMO_BUNDLE, tmp_path / "state", "--backend", "onnxruntime", "--body-idle-s", "1")
+    s = Server(DEMO_BUNDLE, tmp_path / "state", "--backend", "onnxruntime", "--body-idle-s", "1", "--header-timeout-s", "2")
     try:
+        # Headers a byte every 0.3 s (slowloris), and a connection that sends nothing: both closed at 2 s.
+        for trickle in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100, b""):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+                t0, closed = time.monotonic(), False
+                for byte in trickle or [None] * 40:
+                    try:
+                        if byte is not None:
+                            sock.sendall(bytes([byte]))
+                        sock.settimeout(0.3)
+                        closed = sock.recv(1) == b""
+                    except (TimeoutError, socket.timeout):
+                        continue
+                    except (BrokenPipeError, ConnectionResetError):
+                        closed = True
+                    if closed:
+                        break
+                assert closed and 1.5 < time.monotonic() - t0 < 6, (trickle[:20], time.monotonic() - t0)
+        assert s.client.get("/healthz").status_code == 200  # an ordinary request is not affected
         for head in (b"POST /v1/slides HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
                      b"POST /v1/classify?shape=1,224,224,3 HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Type: application/octet-stream\r\nContent-Length: 150528\r\n\r\n",

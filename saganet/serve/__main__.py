@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-upload-mb", type=int, default=d.max_upload_mb)
     ap.add_argument("--max-plain-pixels", type=int, default=d.max_plain_pixels,
                     help="largest plain PNG/JPEG/TIFF slide accepted (decoded whole by its job; default %(default)s)")
+    ap.add_argument("--header-timeout-s", type=float, default=10.0,
+                    help="close a connection whose request headers are not complete this long after they begin "
+                         "(slow clients; default %(default)s)")
     ap.add_argument("--body-idle-s", type=float, default=d.body_idle_s,
                     help="refuse (408) a request body that sends nothing for this long (default %(default)s)")
     ap.add_argument("--cluster", default=None, metavar="ADDRESS",
@@ -39,8 +42,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not 1 <= a.max_batch <= 1024 or a.max_delay_ms < 0 or a.max_queue_tiles < a.max_batch:
         ap.error("--max-batch must be 1..1024, --max-delay-ms >= 0, --max-queue-tiles >= --max-batch")
-    if not 0 < a.body_idle_s <= 3600:
-        ap.error("--body-idle-s must be in (0, 3600]")
+    if not 0 < a.body_idle_s <= 3600 or not 0 < a.header_timeout_s <= 3600:
+        ap.error("--body-idle-s and --header-timeout-s must be in (0, 3600]")
     if not 1 <= a.max_plain_pixels <= 178_956_970:
         ap.error("--max-plain-pixels must be 1..178956970 (Pillow's own limit)")
     if a.slide_root and not os.path.isdir(a.slide_root):
@@ -62,7 +65,10 @@ def main(argv=None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
         print(f"saganet.serve: error: {e}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=30)
+    from .http import header_deadline_protocol
+
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=30,
+                http=header_deadline_protocol(a.header_timeout_s))
     return 0
 
 
