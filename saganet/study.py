@@ -24,7 +24,6 @@ from .selftrain import self_train
 from .train import TrainConfig, fit, prepare_images, pretrain_on
 from .unlabelled import load_unlabelled
 
-DEEP_VARIANTS = ("saganet", "baseline", "no-gate", "no-length", "no-mask")
 
 
 def patient_splits(labels: np.ndarray, patients: list[str]) -> list[tuple[set, set]]:
