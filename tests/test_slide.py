@@ -2,19 +2,20 @@
 import numpy as np
 import pytest
 
-from saganet.slide import SlideError, is_slide, open_slide, read_rgb, slide_mpp, tissue_tiles
+from saganet.slide import SlideError, is_slide, open_reader, open_slide, read_rgb, tissue_tiles
 
 
-def test_mpp_from_property_or_explicit(data_dir):
-    cmu, tcga = data_dir / "wsi" / "cmu_small_region.svs", data_dir / "wsi" / "tcga-cr-7395-01a-01-ts1.svs"
-    with open_slide(cmu) as s:
-        assert slide_mpp(s, cmu) == pytest.approx(0.499)
-    with open_slide(tcga) as s:
-        with pytest.raises(SlideError, match="tcga-cr-7395.*no microns-per-pixel.*--mpp"):
-            slide_mpp(s, tcga)
-        assert slide_mpp(s, tcga, mpp=0.25) == 0.25
-        with pytest.raises(SlideError, match="must be positive"):
-            slide_mpp(s, tcga, mpp=0.0)
+def test_mpp_from_the_slide_when_it_records_it(data_dir):
+    """The readers report the slide's own MPP, or None; slide prediction then needs --mpp
+    (tests/test_predict.py), in the range MPP_RANGE (reader.mpp_problem)."""
+    from saganet.slide.reader import mpp_problem
+
+    with open_reader(data_dir / "wsi" / "cmu_small_region.svs") as r:
+        assert r.mpp == pytest.approx(0.499)
+    with open_reader(data_dir / "wsi" / "tcga-cr-7395-01a-01-ts1.svs") as r:
+        assert r.mpp is None
+    assert mpp_problem(0.25) is None and mpp_problem(0.0) and mpp_problem(1e-320) and mpp_problem(float("nan"))
+    assert mpp_problem(True) and mpp_problem("0.5") and mpp_problem(101)
 
 
 def test_tissue_tiles_are_tissue(data_dir):

@@ -69,20 +69,6 @@ def open_slide(path):
         raise SlideError(f"{p}: cannot read slide ({e})") from None
 
 
-def slide_mpp(slide, path, mpp: float | None = None) -> float:
-    """Microns per pixel at level 0: an explicit value wins, else the slide's property, else an error."""
-    if mpp is not None:
-        if not mpp > 0:
-            raise SlideError(f"{path}: microns per pixel must be positive, got {mpp}")
-        return float(mpp)
-    value = slide.properties.get("openslide.mpp-x")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise SlideError(f"{path}: the slide has no microns-per-pixel property (openslide.mpp-x); "
-                         f"pass the value explicitly (--mpp)") from None
-
-
 def read_rgb(slide, path, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
     """uint8 RGB region; (x, y) are level-0 coordinates. Transparent pixels become white (glass)."""
     try:
