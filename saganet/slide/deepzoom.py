@@ -1,15 +1,14 @@
 """Deep-zoom pyramids of slides and plain images for the browser viewer.
 
-OpenSlide's DeepZoomGenerator lays out the pyramid and says where each tile is read from; the read
-itself is ours, for speed on small machines: alpha is composited onto white only where a region has
-transparent pixels (the pipeline's rule, `read_rgb`), and a read at a whole multiple of the tile's
-size is reduced by box averaging (`Image.reduce`) rather than Lanczos (5x faster at 2x); and every
-level no finer than the slide's smallest level is cut from that level, read whole when the slide is
-opened (if it is at most OVERVIEW_MAX_PIXELS): coarse tiles would otherwise each read millions of
-pixels, and on a small slide every tile comes from memory. A slide with a prediction uses the
-prediction's thumbnail instead for the levels it covers, so opening it decodes nothing whole.
-Slides go through OpenSlide; plain PNG/JPEG/TIFF images through OpenSlide's ImageSlide, after the same
-pixel limit as the pipeline's ImageReader (an image is decoded whole on its first tile).
+OpenSlide's DeepZoomGenerator lays out the pyramid and says where each tile is read from; the reads
+are ours, for speed on small machines:
+- alpha is composited onto white only where a region has transparent pixels (`read_rgb`'s rule);
+- a read at a whole multiple of the tile's size is box-reduced (`Image.reduce`, 5x faster than the
+  Lanczos `thumbnail` at 2x);
+- levels no finer than an overview image are cut from it: the prediction's thumbnail.png when the
+  slide has one, else the slide's smallest level read whole at open (up to OVERVIEW_MAX_PIXELS).
+  Coarse tiles would otherwise each decode millions of pixels.
+Plain PNG/JPEG/TIFF images go through OpenSlide's ImageSlide, after the pipeline's pixel limit.
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from openslide import OpenSlide
+import openslide
 from PIL import Image
 
 from .reader import MAX_PLAIN_PIXELS, PLAIN_SUFFIXES, SlideError, is_slide, open_slide, read_rgb
@@ -38,7 +37,6 @@ class DeepZoom:
     def __init__(self, path, thumbnail=None):
         """`thumbnail`: the slide's thumbnail.png from `saganet predict`, when there is one: coarse levels
         are cut from it, and the slide is not decoded whole when it opens."""
-        import openslide
         from openslide.deepzoom import DeepZoomGenerator
 
         self.path = Path(path)
@@ -55,7 +53,7 @@ class DeepZoom:
         self.generator = DeepZoomGenerator(self.slide, tile_size=TILE_SIZE, overlap=OVERLAP, limit_bounds=False)
         self.levels = self.generator.level_count
         self.dimensions = tuple(self.slide.dimensions)
-        if isinstance(self.slide, OpenSlide):
+        if isinstance(self.slide, openslide.OpenSlide):
             global _cache
             _cache = _cache or openslide.OpenSlideCache(CACHE_BYTES)
             self.slide.set_cache(_cache)
@@ -88,7 +86,7 @@ class DeepZoom:
         """A whole level, read in horizontal strips on two threads when strips map to whole level-0
         rows (an integer downsample), else in one read."""
         ds = self.slide.level_downsamples[level]
-        strips = max(1, min(8, h // 256)) if float(ds).is_integer() and isinstance(self.slide, OpenSlide) else 1
+        strips = max(1, min(8, h // 256)) if float(ds).is_integer() and isinstance(self.slide, openslide.OpenSlide) else 1
         edges = np.linspace(0, h, strips + 1).astype(int)
 
         def strip(i):
