@@ -34,7 +34,12 @@ class Server:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
         self.headers = {"Authorization": f"Bearer {token}".encode("utf-8")} if token else {}  # tokens are UTF-8
         self.client = httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # a server that never became ready must not outlive the test
+            self.proc.kill()
+            self.proc.wait(30)
+            raise
 
     def _wait_ready(self, timeout=120):
         t0 = time.time()
