@@ -20,7 +20,7 @@ from ..slide.pipeline import PredictConfig
 from ..slide.reader import MPP_RANGE, SlideError, mpp_problem, probe
 from .batcher import DynamicBatcher, QueueFull
 from .jobs import JobRunner, JobStore
-from .security import Refused, confine, install_guard, decode_tile, json_object, raw_tiles, read_body, read_form, safe_name
+from .security import Refused, confine, decode_tile, install_guard, json_object, raw_tiles, read_body, read_form, safe_name
 from .viewer import JobLibrary, is_public, mount_viewer
 
 MB = 1 << 20

@@ -19,9 +19,9 @@ from PIL import Image
 
 from .reader import SlideError, mpp_problem, open_reader, thumbnail_tissue
 from .tiler import Grid, tile_grid
+from .writers import PNG_LEVEL, GeoJSONWriter, TileTable, file_part, write_heatmaps, write_json
 
 MAX_UPSAMPLING = 4  # a slide may be at most this much coarser than the model (tiles are enlarged up to 4x)
-from .writers import PNG_LEVEL, GeoJSONWriter, TileTable, file_part, write_heatmaps, write_json
 
 
 # Tiles per cluster task (slide/cluster.py): scheduling costs ~5 ms a task, and smaller chunks shorten
@@ -38,7 +38,7 @@ class PredictConfig:
     mpp: float | None = None  # level-0 microns per pixel; required when the slide does not say
     thumbnail_side: int = 1024
     progress: bool = True
-    max_tiles: int = 100_000  # a slide needing more tiles is refused (work amplification); a 2.5 x 2.5 cm section at 0.5 um/px is 12,500
+    max_tiles: int = 100_000  # a slide needing more tiles is refused (work amplification); 2.5 x 2.5 cm of tissue in 112 um tiles is about 50,000
 
     def check(self) -> None:
         if not 1 <= self.batch_size <= 1024:
