@@ -1,6 +1,7 @@
 // The C and C++ APIs over the kernels. The C functions catch everything: no exception crosses
 // the C boundary; the message is kept per thread for saganet_last_error().
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -14,6 +15,8 @@
 #ifndef SAGANET_CUDA_ARCHS
 #define SAGANET_CUDA_ARCHS "none"
 #endif
+
+static_assert(sizeof(saganet_layout) == sizeof(int), "saganet_layout is read as an int");
 
 namespace {
 thread_local std::string last_error;
@@ -72,7 +75,11 @@ saganet_status saganet_gate_mask_pool(const float* features, saganet_layout layo
     int64_t hw, chw, n;
     if (!checked_mul(height, width, &hw) || !checked_mul(hw, channels, &chw) || !checked_mul(chw, batch, &n))
       return fail(SAGANET_INVALID_ARGUMENT, "saganet_gate_mask_pool: sizes overflow");
-    if (layout != SAGANET_NCHW && layout != SAGANET_NHWC)
+    // A C caller may pass any int as the enum; read its bits as an int, since loading an enum value
+    // outside its range is undefined behaviour in C++ (found by the fuzz target).
+    int layout_value;
+    std::memcpy(&layout_value, &layout, sizeof layout_value);
+    if (layout_value != SAGANET_NCHW && layout_value != SAGANET_NHWC)
       return fail(SAGANET_INVALID_ARGUMENT, "saganet_gate_mask_pool: layout must be SAGANET_NCHW or SAGANET_NHWC");
     if (!(eps > 0.f) || !std::isfinite(eps))
       return fail(SAGANET_INVALID_ARGUMENT, "saganet_gate_mask_pool: eps must be positive and finite");

@@ -18,10 +18,10 @@
 #include <iterator>
 #include <limits>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
+#include "manifest.h"
 #include "preprocess.h"
 #include "saganet/saganet.hpp"
 
@@ -29,10 +29,6 @@ extern "C" uint64_t saganet_torch_cpu_forward_calls(void);
 
 namespace saganet {
 namespace {
-
-using nlohmann::json;
-constexpr int kFormatVersion = 2;  // saganet/bundle.py FORMAT_VERSION
-constexpr const char* kPackageTileKey = "saganet_tile_size";  // saganet/bundle.py PACKAGE_TILE_KEY
 
 [[noreturn]] void fail(const std::string& msg) { throw Error(SAGANET_INVALID_ARGUMENT, msg); }
 
@@ -90,27 +86,52 @@ std::string machine() {
 #endif
 }
 
-template <typename T>
-T field(const json& j, const char* key, const std::string& where) {
-  if (!j.is_object() || !j.contains(key)) fail(where + ": field '" + key + "' is missing");
-  try {
-    return j.at(key).get<T>();
-  } catch (const json::exception&) {
-    fail(where + ": field '" + key + "' has the wrong type");
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(path + ": cannot open");
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+// Version 2 keeps the manifest's own sha256 beside it: an edited manifest is refused.
+void check_manifest_digest(const std::string& dir, const std::string& mpath) {
+  const std::string dpath = dir + "/manifest.sha256";
+  require_regular(dpath, "missing; it holds the manifest's sha256 (format_version 2)");
+  std::ifstream df(dpath);
+  std::string recorded;
+  df >> recorded;
+  if (recorded != sha256_file(mpath))
+    fail(mpath + ": changed after export (its sha256 is not the one in manifest.sha256); re-export the bundle rather than edit it");
+}
+
+// Every file the manifest lists must be there, a regular file, and unchanged.
+void check_files(const std::string& dir, const BundleManifest& m) {
+  for (const auto& [name, digest] : m.files) {
+    const std::string path = dir + "/" + name;
+    require_regular(path, "listed in the manifest but missing");
+    if (sha256_file(path) != digest) fail(path + ": sha256 does not match the manifest; the file is damaged or was changed");
   }
+}
+
+// The AOTInductor package runs only on the CPU (instruction sets) and torch release it was compiled for.
+void check_package_fits(const std::string& mpath, const BundleManifest& m) {
+  if (!m.has_aoti) fail(mpath + ": the bundle has no AOTInductor package (export it with --formats aoti)");
+  if (m.aoti_machine != machine())
+    fail(mpath + ": model.pt2 was compiled for " + m.aoti_machine + ", this machine is " + machine());
+  const auto flags = cpu_flags();
+  for (const auto& flag : m.aoti_flags)
+    if (!flags.count(flag)) fail(mpath + ": model.pt2 was compiled for a CPU with " + flag + ", which this CPU lacks");
+  const std::string here = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+                           std::to_string(TORCH_VERSION_PATCH);
+  if (torch_release(m.aoti_torch) != here)
+    fail(mpath + ": model.pt2 was compiled with torch " + torch_release(m.aoti_torch) + ", this engine has torch " + here);
 }
 
 }  // namespace
 
 struct Engine::Impl {
   std::string dir, id;
-  std::vector<std::string> classes;
-  int tile = 0;
-  double mpp = 0;
-  bool length_head = true;
-  int64_t max_batch = 1024;
-  MaskConfig mask;
-  float mean[3], std[3];
+  BundleManifest m;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
   mutable std::mutex run_mutex;
 };
@@ -120,90 +141,11 @@ Engine::Engine(const std::string& bundle_dir, int threads) : impl_(std::make_uni
   b.dir = bundle_dir;
   const std::string mpath = bundle_dir + "/manifest.json";
   require_regular(mpath, "no manifest.json; not a saganet bundle");
-  std::ifstream mf(mpath);
-  if (!mf) fail(bundle_dir + ": no manifest.json; not a saganet bundle");
-  json m;
-  try {
-    m = json::parse(mf);
-  } catch (const json::exception& e) {
-    fail(mpath + ": not valid JSON (" + e.what() + ")");
-  }
-  if (!m.is_object() || m.value("format", "") != "saganet-bundle") fail(mpath + ": not a saganet bundle");
-  const int version = field<int>(m, "format_version", mpath);
-  if (version > kFormatVersion || version < 1)
-    fail(mpath + ": format_version " + std::to_string(version) + "; this engine reads 1.." + std::to_string(kFormatVersion));
-
-  if (version >= 2) {  // the manifest's own digest, beside it
-    const std::string dpath = bundle_dir + "/manifest.sha256";
-    require_regular(dpath, "missing; it holds the manifest's sha256 (format_version 2)");
-    std::ifstream df(dpath);
-    std::string recorded;
-    df >> recorded;
-    if (recorded != sha256_file(mpath))
-      fail(mpath + ": changed after export (its sha256 is not the one in manifest.sha256); re-export the bundle rather than edit it");
-  }
-
-  // Every file the manifest lists must be there and unchanged.
-  const json files = field<json>(m, "files", mpath);
-  if (!files.is_object() || !files.contains("weights.safetensors")) fail(mpath + ": 'files' lacks weights.safetensors");
-  for (const auto& [name, digest] : files.items()) {
-    if (name.find('/') != std::string::npos || name == ".." || name.empty())
-      fail(mpath + ": file name '" + name + "' is not a plain name inside the bundle");
-    const std::string path = bundle_dir + "/" + name;
-    require_regular(path, "listed in the manifest but missing");
-    if (!digest.is_string() || sha256_file(path) != digest.get<std::string>())
-      fail(path + ": sha256 does not match the manifest; the file is damaged or was changed");
-  }
-  b.id = std::string(bundle_dir.substr(bundle_dir.find_last_of('/') + 1)) + "@" +
-         files["weights.safetensors"].get<std::string>().substr(0, 12);
-
-  b.classes = field<std::vector<std::string>>(m, "class_names", mpath);
-  b.tile = field<int>(m, "tile_size", mpath);
-  b.mpp = field<double>(m, "mpp", mpath);
-  if (b.classes.empty() || b.tile < 1 || !(b.mpp > 0)) fail(mpath + ": class_names, tile_size and mpp must be positive / non-empty");
-  b.length_head = field<json>(m, "model", mpath).value("head", "length") == "length";
-
-  const json prep = field<json>(m, "preprocessing", mpath);
-  if (!prep.value("stain_target", json()).is_null())
-    fail(mpath + ": the bundle uses stain normalisation, which the native engine does not implement; use another backend");
-  if (prep.value("scale", 1.0) != 1.0) fail(mpath + ": preprocessing.scale must be 1 in a bundle");
-  const auto mean = field<std::vector<double>>(prep, "mean", mpath + " preprocessing");
-  const auto sd = field<std::vector<double>>(prep, "std", mpath + " preprocessing");
-  if (mean.size() != 3 || sd.size() != 3) fail(mpath + ": preprocessing mean and std must have 3 values");
-  for (int c = 0; c < 3; ++c) {
-    b.mean[c] = float(mean[c]);
-    b.std[c] = float(sd[c]);
-    if (!(b.std[c] > 0)) fail(mpath + ": preprocessing std must be positive");
-  }
-  const json mc = field<json>(prep, "mask", mpath + " preprocessing");
-  if (!mc.at("nuclei_threshold").is_number())
-    fail(mpath + ": mask nuclei_threshold '" + mc.at("nuclei_threshold").dump() +
-         "' is not a number; the native engine supports fixed thresholds only");
-  b.mask.tissue_od = float(field<double>(mc, "tissue_od", mpath));
-  b.mask.focus_window = field<int>(mc, "focus_window", mpath);
-  b.mask.focus_min = float(field<double>(mc, "focus_min", mpath));
-  // Bundles made before the adaptive focus threshold have neither field: the fixed focus_min.
-  b.mask.focus_relative = float(mc.value("focus_relative", 0.0));
-  b.mask.focus_floor = float(mc.value("focus_floor", 0.0));
-  b.mask.nuclei_threshold = field<double>(mc, "nuclei_threshold", mpath);
-  b.mask.cell_window = field<int>(mc, "cell_window", mpath);
-  b.mask.cell_density_min = float(field<double>(mc, "cell_density_min", mpath));
-  b.mask.min_region = field<int>(mc, "min_region", mpath);
-
-  // The AOTInductor package: compiled for one CPU and one torch.
-  const json formats = field<json>(m, "formats", mpath);
-  if (!formats.contains("aoti")) fail(mpath + ": the bundle has no AOTInductor package (export it with --formats aoti)");
-  const json aoti = formats["aoti"];
-  const json isa = aoti.value("isa", json::object());
-  if (isa.value("machine", "") != machine())
-    fail(mpath + ": model.pt2 was compiled for " + isa.value("machine", "?") + ", this machine is " + machine());
-  const auto flags = cpu_flags();
-  for (const auto& flag : isa.value("flags", std::vector<std::string>{}))
-    if (!flags.count(flag)) fail(mpath + ": model.pt2 was compiled for a CPU with " + flag + ", which this CPU lacks");
-  const std::string built = aoti.value("torch", "?");
-  const std::string here = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + ".";
-  if (built.rfind(here, 0) != 0) fail(mpath + ": model.pt2 was compiled with torch " + built + ", this engine has torch " + here + "x");
-  b.max_batch = aoti.value("max_batch", int64_t(1024));
+  b.m = parse_manifest(read_file(mpath), mpath);
+  if (b.m.format_version >= 2) check_manifest_digest(bundle_dir, mpath);
+  check_files(bundle_dir, b.m);
+  b.id = bundle_dir.substr(bundle_dir.find_last_of('/') + 1) + "@" + b.m.files.at("weights.safetensors").substr(0, 12);
+  check_package_fits(mpath, b.m);
 
   if (threads > 0) at::set_num_threads(threads);
   try {
@@ -217,31 +159,31 @@ Engine::Engine(const std::string& bundle_dir, int threads) : impl_(std::make_uni
   if (recorded == meta.end())
     fail(bundle_dir + "/model.pt2: does not record the tile size it was compiled for (exported before saganet bundle "
          "format 2); re-export: saganet export " + bundle_dir + " --out NEW");
-  if (recorded->second != std::to_string(b.tile))
+  if (recorded->second != std::to_string(b.m.tile))
     fail(bundle_dir + "/model.pt2: compiled for " + recorded->second + " px tiles, but the manifest says " +
-         std::to_string(b.tile) + "; the bundle is inconsistent");
+         std::to_string(b.m.tile) + "; the bundle is inconsistent");
 }
 
 Engine::~Engine() = default;
 
-int Engine::tile_size() const { return impl_->tile; }
-double Engine::mpp() const { return impl_->mpp; }
-const std::vector<std::string>& Engine::class_names() const { return impl_->classes; }
-bool Engine::length_head() const { return impl_->length_head; }
+int Engine::tile_size() const { return impl_->m.tile; }
+double Engine::mpp() const { return impl_->m.mpp; }
+const std::vector<std::string>& Engine::class_names() const { return impl_->m.classes; }
+bool Engine::length_head() const { return impl_->m.length_head; }
 const std::string& Engine::model_id() const { return impl_->id; }
 
 void Engine::preprocess(const uint8_t* tiles, int64_t n, float* image, float* mask) const {
   const Impl& b = *impl_;
-  const int64_t t = b.tile, pixels = t * t;
+  const int64_t t = b.m.tile, pixels = t * t;
   // One tile per task; each tile's work is serial and independent of the others.
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> v(static_cast<size_t>(pixels));
     for (int64_t i = begin; i < end; ++i) {
       const uint8_t* rgb = tiles + i * pixels * 3;
-      valid_area_mask(rgb, int(t), int(t), b.mask, v.data());
+      valid_area_mask(rgb, int(t), int(t), b.m.mask, v.data());
       float* m = mask + i * pixels;
       for (int64_t p = 0; p < pixels; ++p) m[p] = float(v[size_t(p)]);
-      normalise(rgb, int(t), int(t), b.mean, b.std, image + i * 3 * pixels);
+      normalise(rgb, int(t), int(t), b.m.mean, b.m.std, image + i * 3 * pixels);
     }
   });
 }
@@ -249,14 +191,14 @@ void Engine::preprocess(const uint8_t* tiles, int64_t n, float* image, float* ma
 EngineOutput Engine::run(const float* image, const float* mask, int64_t n) const {
   const Impl& b = *impl_;
   if (n < 1) fail("no tiles given");
-  require_countable(n, 4 * int64_t(b.tile) * b.tile);
-  const int64_t t = b.tile;
+  require_countable(n, 4 * int64_t(b.m.tile) * b.m.tile);
+  const int64_t t = b.m.tile;
   EngineOutput out;
   out.n = n;
-  out.classes = int64_t(b.classes.size());
+  out.classes = int64_t(b.m.classes.size());
   c10::InferenceMode guard;
-  for (int64_t s = 0; s < n; s += b.max_batch) {
-    const int64_t m = std::min(b.max_batch, n - s);
+  for (int64_t s = 0; s < n; s += b.m.max_batch) {
+    const int64_t m = std::min(b.m.max_batch, n - s);
     // from_blob does not copy; the package only reads its inputs.
     auto x = at::from_blob(const_cast<float*>(image + s * 3 * t * t), {m, 3, t, t}, at::kFloat);
     auto k = at::from_blob(const_cast<float*>(mask + s * t * t), {m, 1, t, t}, at::kFloat);
@@ -281,7 +223,7 @@ EngineOutput Engine::run(const float* image, const float* mask, int64_t n) const
 
 EngineOutput Engine::classify(const uint8_t* tiles, int64_t n) const {
   if (n < 1) fail("no tiles given");
-  const int64_t pixels = int64_t(impl_->tile) * impl_->tile;
+  const int64_t pixels = int64_t(impl_->m.tile) * impl_->m.tile;
   require_countable(n, 4 * pixels);
   std::vector<float> image(size_t(n * 3 * pixels)), mask(size_t(n * pixels));
   preprocess(tiles, n, image.data(), mask.data());

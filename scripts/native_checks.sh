@@ -4,7 +4,9 @@
 #  2. the same C++ tests built with AddressSanitizer + UndefinedBehaviorSanitizer (build/asan);
 #  3. install the C++ library, then build examples/scanner against it via find_package(saganet) and
 #     run pool_check, and the scanner on a real slide with the demo bundle (re-exported first when
-#     its AOTInductor package was compiled for another CPU).
+#     its AOTInductor package was compiled for another CPU);
+#  4. the libFuzzer target over the C API, the manifest parser and the preprocessing, for
+#     FUZZ_SECONDS (scripts/fuzz.sh; 120 s here, 30 s in the test command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${SAGANET_BUILD_DIR:-build/native}
@@ -21,6 +23,9 @@ echo "== ctest under ASan + UBSan (build/asan)"
 "$CMAKE" --build build/asan --target test_kernels test_preprocess
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "$CTEST" --test-dir build/asan --output-on-failure \
     -R 'test_kernels$|test_preprocess'
+
+echo "== fuzz_c_api under libFuzzer + ASan + UBSan"
+FUZZ_SECONDS=${FUZZ_SECONDS:-120} bash scripts/fuzz.sh
 
 echo "== examples/scanner against the installed library"
 "$CMAKE" --install "$BUILD" --prefix build/install > /dev/null

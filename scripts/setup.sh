@@ -10,6 +10,9 @@ NEED=()
 [ -f /usr/include/openssl/evp.h ] || NEED+=(libssl-dev)
 [ -f /usr/include/openslide/openslide.h ] || NEED+=(libopenslide-dev)
 command -v pkg-config > /dev/null || NEED+=(pkg-config)
+# The fuzz target (scripts/fuzz.sh) needs Clang with its libFuzzer runtime.
+command -v clang++ > /dev/null || NEED+=(clang)
+ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a > /dev/null 2>&1 || NEED+=(libclang-rt-14-dev)
 # The viewer's browser tests drive a real headless Chromium through its WebDriver; npm installs
 # OpenSeadragon, which the server serves from node_modules.
 command -v chromium > /dev/null || NEED+=(chromium)

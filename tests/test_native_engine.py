@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from shared_data import crc_tiles
 
@@ -97,6 +98,10 @@ def _bundle_copy(bundle, tmp_path):
      "changed after export"),
     (lambda b: _edit(b, lambda m: m.update(tile_size=112)), "compiled for 224 px tiles, but the manifest says 112"),
     (lambda b: (b / "manifest.sha256").unlink(), "manifest.sha256: missing"),
+    (lambda b: _seal(b, '{"format": "saganet-bundle", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"), "nested more than 64"),
+    (lambda b: _edit(b, lambda m: m.update(tile_size=1e300)), "'tile_size' must be a whole number"),
+    (lambda b: _edit(b, lambda m: m["files"].update({"../x": "0" * 64})), "is not a plain name inside the bundle"),
+    (lambda b: _edit(b, lambda m: m["preprocessing"].update(std=[0.2, 0.0, 0.2])), "std positive"),
 ])
 def test_bad_bundles_are_refused_with_the_reason(fresh_bundle, tmp_path, damage, message):
     b = _bundle_copy(fresh_bundle, tmp_path)
@@ -105,14 +110,37 @@ def test_bad_bundles_are_refused_with_the_reason(fresh_bundle, tmp_path, damage,
         C.Engine(str(b))
 
 
-def _edit(b: Path, change):
-    """Edit the manifest and reseal it (manifest.sha256), to reach the check under test."""
+def _seal(b: Path, text: str):
+    """Write the manifest and reseal it (manifest.sha256), to reach the check under test."""
     from saganet.bundle import sha256_file
 
+    (b / "manifest.json").write_text(text)
+    (b / "manifest.sha256").write_text(sha256_file(b / "manifest.json"))
+
+
+def _edit(b: Path, change):
     m = json.loads((b / "manifest.json").read_text())
     change(m)
-    (b / "manifest.json").write_text(json.dumps(m))
-    (b / "manifest.sha256").write_text(sha256_file(b / "manifest.json"))
+    _seal(b, json.dumps(m))
+
+
+def test_one_torch_release_rule_in_python_and_cpp(fresh_bundle, tmp_path):
+    """A package runs only on the torch release (x.y.z) that compiled it; the local build tag does not count."""
+    from saganet.bundle import load_bundle
+    from saganet.engine import aoti_backend
+
+    release = torch.__version__.split("+")[0]
+    major, minor, patch = release.split(".")[:3]
+    other = _bundle_copy(fresh_bundle, tmp_path)
+    _edit(other, lambda m: m["formats"]["aoti"].update(torch=f"{major}.{minor}.{int(patch) + 1}+cpu"))
+    assert "compiled with torch" in aoti_backend.unavailable(load_bundle(other))
+    with pytest.raises(ValueError, match=f"compiled with torch {major}.{minor}.{int(patch) + 1}, this engine has torch {release}"):
+        C.Engine(str(other))
+    same = tmp_path / "same"
+    shutil.copytree(fresh_bundle.path, same)
+    _edit(same, lambda m: m["formats"]["aoti"].update(torch=f"{release}+cu999"))
+    assert aoti_backend.unavailable(load_bundle(same)) is None
+    assert C.Engine(str(same)).tile_size == fresh_bundle.tile_size
 
 
 def test_wrong_inputs_are_refused(fresh_bundle):
