@@ -4,7 +4,8 @@
 `pip install --no-build-isolation -e .` configures build/native/ with the environment's torch and
 pybind11 and puts saganet/_C*.so, libsaganet.so, libsaganet_torch.so and libsaganet_engine.so (when
 the engine is built) into the package.
-Environment: SAGANET_CUDA=AUTO|ON|OFF (CUDA kernels; AUTO builds them when nvcc is found, CUDA_HOME
+Environment: SAGANET_TESTS=ON also builds the C++ tests (scripts/native_checks.sh does),
+SAGANET_CUDA=AUTO|ON|OFF (CUDA kernels; AUTO builds them when nvcc is found, CUDA_HOME
 is honoured), SAGANET_BUILD_DIR (default build/native), CMAKE_CUDA_ARCHITECTURES (default 80;90).
 """
 import os
@@ -39,7 +40,7 @@ class CMakeBuild(build_ext):
         if "CUDACXX" not in env and Path(cuda_home, "bin", "nvcc").is_file():
             env["CUDACXX"] = str(Path(cuda_home, "bin", "nvcc"))
         args = [cmake, "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DSAGANET_TORCH=ON",
-                "-DSAGANET_PYTHON=ON", "-DSAGANET_TESTS=ON",
+                "-DSAGANET_PYTHON=ON", f"-DSAGANET_TESTS={env.get('SAGANET_TESTS', 'OFF')}",
                 f"-DPython_EXECUTABLE={sys.executable}",
                 f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path};{pybind11.get_cmake_dir()}",
                 f"-DSAGANET_CUDA={env.get('SAGANET_CUDA', 'AUTO')}"]

@@ -16,8 +16,10 @@ import pytest
 from shared_data import DEMO_BUNDLE
 
 from saganet.engine import Engine
-from saganet.slide.cluster import CHUNK_TILES, Cluster
-from saganet.slide.pipeline import PredictConfig, plan_slide, predict_slides, write_outputs
+from saganet.config import CHUNK_TILES
+from saganet.slide.cluster import Cluster
+from saganet.config import PredictConfig
+from saganet.slide.pipeline import plan_slide, predict_slides, write_outputs
 from saganet.slide.reader import open_reader
 
 BACKEND = "onnxruntime"

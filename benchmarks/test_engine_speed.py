@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def bundles(tmp_path_factory):
     """name -> bundle, exported here so the AOTInductor packages fit this CPU."""
     from saganet.model.saganet import SagaNet, variant_config
-    from saganet.train import TrainConfig, save_run
+    from saganet.config import TrainConfig
+    from saganet.run import save_run
 
     root = tmp_path_factory.mktemp("bench-bundles")
     demo = load_bundle(DEMO_BUNDLE)

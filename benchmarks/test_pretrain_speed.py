@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from saganet.pretrain import PretrainConfig, SelfSupervised, augment, build_tile_bank
+from saganet.config import PretrainConfig
+from saganet.pretrain import SelfSupervised, augment, build_tile_bank
 
 CFG = PretrainConfig(batch_size=128, max_tiles=256, slide_downsamples=(1,))
 

@@ -11,7 +11,8 @@ import torch
 from shared_data import few_per_class
 from saganet.data import load_dataset, load_images
 from saganet.model import SagaNet, saganet_loss, variant_config
-from saganet.train import TrainConfig, _random_crop_batch, make_preprocessing, prepare_images
+from saganet.config import TrainConfig
+from saganet.train import _random_crop_batch, make_preprocessing, prepare_images
 
 BATCH, CROP = 32, 64
 

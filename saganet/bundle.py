@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .config import PRECISIONS
 from .preprocess import Preprocessing
 
 FORMAT = "saganet-bundle"
@@ -129,9 +130,6 @@ class _BFloat16(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor):
         probs, scores, gate = self.model(image.to(torch.bfloat16), mask)
         return probs.float(), scores.float(), gate.float()
-
-
-PRECISIONS = ("float32", "bfloat16")
 
 
 def export_aoti(model: nn.Module, tile: int, path: Path, freezing: bool = True, precision: str = "float32") -> dict:
@@ -269,7 +267,8 @@ class Bundle:
     def model(self) -> nn.Module:
         from safetensors.torch import load_file
 
-        from .model.saganet import ModelConfig, SagaNet
+        from .config import ModelConfig
+        from .model.saganet import SagaNet
 
         model = SagaNet(ModelConfig.from_dict(self.manifest["model"]))
         model.load_state_dict(load_file(str(self.file("weights.safetensors"))))

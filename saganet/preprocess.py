@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from .stain import reinhard_normalize
-from .tissue import MaskConfig, valid_area_mask
+from .config import MaskConfig
+from .tissue import valid_area_mask
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,41 +28,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .atomic import atomic_write
+from .config import PRETRAIN_METHODS, MaskConfig, PretrainConfig
 from .augment import brightness_contrast, hed_jitter_torch, random_blur
 from .data import IMAGE_EXTENSIONS, load_image
 from .model.backbone import ResNet, backbone_config
-from .slide import SlideError, is_slide, open_slide, read_rgb, tissue_tiles
-from .tissue import MaskConfig, mask_components
+from .slide import is_slide, open_slide, read_rgb, tissue_tiles
+from .tissue import mask_components
 
 CARD_FORMAT = "saganet-encoder"
 CARD_VERSION = 1
-METHODS = ("simclr", "byol")
 
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    method: str = "simclr"
-    backbone: str = "resnet-tiny"
-    epochs: int = 30
-    steps: int = 0  # >0: overrides epochs with as many as it takes to reach about this many steps
-    tile_size: int = 128  # tiles stored in the bank (px); views are cropped from them
-    crop: int = 64  # view edge fed to the network (px)
-    min_scale: float = 0.25  # smallest view side as a fraction of the tile: zoom range 0.5x-2x at defaults
-    max_tiles: int = 20000
-    slide_downsamples: tuple[int, ...] = (1, 2)  # slide tiles are read at these downsamples of level 0
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 2
-    temperature: float = 0.2  # SimCLR
-    ema: float = 0.99  # BYOL target momentum at the start (cosine to 1)
-    hed_sigma: float = 0.1  # stronger than in supervised training: invariance to stain is the point
-    blur_p: float = 0.5
-    seed: int = 0
-    threads: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------- sources and the tile bank
@@ -206,8 +181,8 @@ class SelfSupervised(nn.Module):
 
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
-        if cfg.method not in METHODS:
-            raise ValueError(f"unknown pretraining method {cfg.method!r}; choose one of {METHODS}")
+        if cfg.method not in PRETRAIN_METHODS:
+            raise ValueError(f"unknown pretraining method {cfg.method!r}; choose one of {PRETRAIN_METHODS}")
         self.method, self.temperature = cfg.method, cfg.temperature
         self.backbone = ResNet(backbone_config(cfg.backbone))
         c = self.backbone.out_channels

@@ -9,7 +9,8 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write, atomic_write_text
-from .model.saganet import ModelConfig, SagaNet
+from .config import ModelConfig
+from .model.saganet import SagaNet
 from .preprocess import Preprocessing
 
 FORMAT_VERSION = 1

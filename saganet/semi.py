@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .augment import brightness_contrast, cutout, hed_jitter_torch, random_blur, random_crop
-from .model.loss import LossConfig, class_loss, gate_agreement
+from .config import LossConfig
+from .model.loss import class_loss, gate_agreement
 
 METHODS = ("fixmatch",)  # trained inside train.fit; "selftrain" (saganet/selftrain.py) wraps fit instead
 DEFAULT_THRESHOLD = {"linear": 0.95, "length": 0.5}

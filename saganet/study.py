@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_text
+from .config import POOL_METHODS, TrainConfig
 from .classic import classic_features, classic_probs, fit_classic
 from .data import load_dataset, load_images
 from .evaluate import classification_metrics, predict
 from .preprocess import Preprocessing, channel_stats
 from .selftrain import self_train
-from .train import TrainConfig, fit, prepare_images, pretrain_on
+from .train import fit, prepare_images, pretrain_on
 from .unlabelled import load_unlabelled
 
 
@@ -113,9 +114,6 @@ def draw_pool_split(labels: np.ndarray, patients: list[str] | None, max_shots: i
 INITS = ("scratch", "finetune", "frozen")
 # Rows that learn from the unlabelled pool: self-training (selftrain.py), in-domain SimCLR pretraining,
 # FixMatch (semi.py), and pretraining followed by either.
-POOL_METHODS = ("selftrain", "pretrain", "pretrain+selftrain", "fixmatch", "pretrain+fixmatch")
-
-
 def run_labels(variants, inits, pool_methods=()) -> list[tuple[str, str, str, str]]:
     """(label, variant, init, pool method) for every run of a repeat; classic once.
 

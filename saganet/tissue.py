@@ -19,38 +19,13 @@ The same function serves training, evaluation and slide inference.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 from scipy import ndimage
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
-
-@dataclass(frozen=True)
-class MaskConfig:
-    """Knobs of `valid_area_mask`. Distances are in pixels of the image the mask is computed on."""
-
-    tissue_od: float = 0.3  # summed RGB optical density below this is glass or fat
-    focus_window: int = 15  # window (px) over which gradient energy is averaged
-    focus_min: float = 0.004  # mean squared gradient (grey in [0,1]) above this is always in focus
-    focus_relative: float = 0.1  # threshold = this x the image's 75th percentile of tissue energy, if lower; 0 = fixed focus_min
-    focus_floor: float = 0.00025  # ... but never below this (focus_min / 16)
-    nuclei_threshold: str | float = 0.05  # haematoxylin OD threshold: a number, or "otsu"
-    cell_window: int = 21  # window (px) over which nuclear density is measured
-    cell_density_min: float = 0.05  # fraction of nuclear pixels in the window needed to count as cellular
-    min_region: int = 64  # connected valid/invalid regions smaller than this (px) are cleaned up
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "MaskConfig":
-        d = dict(d or {})
-        if "focus_min" in d and "focus_relative" not in d:  # written before the adaptive threshold: fixed floor
-            d["focus_relative"] = 0.0
-        return cls(**d)
+from .config import MaskConfig
 
 
 _OD_TABLE = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)

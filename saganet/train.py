@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,53 +13,15 @@ import torch
 
 from . import semi
 from .atomic import atomic_write
+from .config import SEMI_METHODS, TrainConfig
 from .augment import random_crop
 from .data import load_dataset, load_images, user_masks
 from .evaluate import classification_metrics, predict
 from .model import SagaNet, load_torchvision_weights, saganet_loss, variant_config
 from .preprocess import Preprocessing, channel_stats
-from .run import load_run, save_run  # noqa: F401  (re-exported: runs are read and written in run.py)
+from .run import save_run
 from .stain import hed_jitter, reinhard_target
-from .tissue import MaskConfig
 
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    variant: str = "saganet"
-    backbone: str = "resnet-tiny"
-    epochs: int = 20
-    batch_size: int = 32
-    crop: int = 64  # training crop edge (px, after scaling); evaluation sees the whole image
-    crops_per_image: int = 16  # random crops drawn per training image per epoch
-    scale: float = 1.0  # image resize factor before cropping (1.0 = native resolution)
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 2
-    seed: int = 0
-    val_fraction: float = 0.0  # >0: hold out this share of the training images for early stopping
-    patience: int = 8  # epochs without validation improvement before stopping
-    hed_sigma: float = 0.05  # HED stain-jitter strength (0 = off)
-    stain_norm: bool = False  # Reinhard normalisation to the training set's LAB statistics
-    threads: int = 0  # torch threads (0 = leave torch's default)
-    pretrained: str = ""  # backbone weights to start from: a `saganet pretrain` encoder or torchvision-layout file
-    freeze_backbone: bool = False  # train only gate and head on a pretrained backbone (BN statistics still adapt)
-    model_overrides: dict = field(default_factory=dict)  # any ModelConfig field, e.g. {"mask_floor": 0.0}
-    semi: str = ""  # "" = labelled images only; "selftrain" (selftrain.py) or "fixmatch" (semi.py): also unlabelled images
-    unlabelled_ratio: int = 1  # unlabelled crops per labelled crop in a step (FixMatch's mu)
-    unlabelled_weight: float = 1.0  # weight of the unlabelled term (FixMatch's lambda_u)
-    pseudo_threshold: float = 0.0  # confidence needed for a pseudo-label; 0 = the head's default (semi.py)
-    strong_hed_sigma: float = 0.2  # stain jitter of FixMatch's strong view
-    mask: MaskConfig = field(default_factory=MaskConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["mask"] = MaskConfig.from_dict(d.get("mask"))
-        return cls(**d)
 
 
 def _seed_everything(seed: int) -> None:
@@ -87,8 +49,6 @@ def balanced_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
         p[labels == c] = 1.0 / (len(classes) * k)
     return rng.choice(len(labels), size=n, replace=True, p=p / p.sum())
 
-
-SEMI_METHODS = ("selftrain", "fixmatch")
 
 # Random streams of an epoch, besides the labelled crops' (seed, epoch): named so no two collide.
 UNLABELLED_STREAM = 17
@@ -222,7 +182,8 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
 def pretrain_on(sources, encoder: Path, cfg: TrainConfig, steps: int = 150, log=print) -> Path:
     """In-domain self-supervised pretraining (SimCLR, `saganet pretrain`'s defaults) on unlabelled
     sources, for about `steps` steps; resumable, and skipped when the encoder is already there."""
-    from .pretrain import PretrainConfig, pretrain
+    from .config import PretrainConfig
+    from .pretrain import pretrain
 
     encoder = Path(encoder)
     if not encoder.is_file():

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .data import ImageLoadError, load_image
-from .pretrain import PretrainConfig, build_tile_bank, find_sources
+from .config import PretrainConfig
+from .pretrain import build_tile_bank, find_sources
 
 
 def load_unlabelled(sources, skip_bad: bool = False, tile_size: int = 128, max_slide_tiles: int = 2000,

@@ -19,7 +19,8 @@ from saganet.classic import classic_features, classic_probs, fit_classic
 from saganet.data import load_dataset, load_images
 from saganet.evaluate import classification_metrics, predict
 from saganet.study import draw_split
-from saganet.train import TrainConfig, fit, make_preprocessing, prepare_images
+from saganet.config import TrainConfig
+from saganet.train import fit, make_preprocessing, prepare_images
 
 
 def main():

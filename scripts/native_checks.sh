@@ -14,7 +14,9 @@ bin() { if [ -x ".venv/bin/$1" ]; then echo "$PWD/.venv/bin/$1"; else command -v
 CMAKE=$(bin cmake) CTEST=$(bin ctest)
 GEN=(); NINJA=$(bin ninja || true); [ -n "$NINJA" ] && GEN=(-G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA")
 
-echo "== ctest ($BUILD)"
+echo "== C++ tests ($BUILD; pip install builds them only when asked)"
+"$CMAKE" -S . -B "$BUILD" -DSAGANET_TESTS=ON > /dev/null
+"$CMAKE" --build "$BUILD"
 "$CTEST" --test-dir "$BUILD" --output-on-failure
 
 echo "== ctest under ASan + UBSan (build/asan)"

@@ -2,7 +2,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from saganet.model import BACKBONES, ResNet, SagaNet, variant_config
+from saganet.config import BACKBONES
+from saganet.model import ResNet, SagaNet, variant_config
 from saganet.model.backbone import load_torchvision_weights
 
 # A few keys of torchvision's resnet18/resnet50 state dicts, as torchvision names them.

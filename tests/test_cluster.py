@@ -13,7 +13,8 @@ from shared_data import DEMO_BUNDLE
 from saganet.engine import Engine
 from saganet.slide import cluster as cluster_mod
 from saganet.slide.cluster import Cluster, parse_address
-from saganet.slide.pipeline import TIMING_FIELDS, PredictConfig, predict_slides
+from saganet.config import PredictConfig
+from saganet.slide.pipeline import TIMING_FIELDS, predict_slides
 
 BACKEND = "onnxruntime"  # one backend on the driver and on every worker
 CFG = PredictConfig(mpp=0.25, progress=False)  # both slides at 0.25 um/px (TCGA records none): ~100 tiles in all

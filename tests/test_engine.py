@@ -156,3 +156,15 @@ def test_export_refuses_unknown_precision(fresh_bundle, tmp_path):
 
     with pytest.raises(ValueError, match="--precision must be one of float32, bfloat16"):
         export_bundle(fresh_bundle.path, tmp_path / "x", precision="int8")
+
+
+def test_auto_remembers_its_choice_per_model_and_machine(fresh_bundle, tmp_path):
+    cache = tmp_path / "choice.json"
+    first = Engine(fresh_bundle, backend="auto", choice_cache=cache)
+    assert first.choice.startswith("auto chose") and cache.is_file()
+    again = Engine(fresh_bundle, backend="auto", choice_cache=cache)
+    assert again.backend == first.backend and again.choice.startswith(f"auto: {first.backend}, remembered")
+    assert Engine(fresh_bundle, backend="auto", choice_cache=cache, retime=True).choice.startswith("auto chose")
+    cache.write_text("{not json")  # a damaged cache: time again, and write a good one
+    assert Engine(fresh_bundle, backend="auto", choice_cache=cache).choice.startswith("auto chose")
+    assert first.backend in cache.read_text()

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from saganet.model import LossConfig, agreement_loss, margin_loss, saganet_loss, squash
+from saganet.config import LossConfig
+from saganet.model import agreement_loss, margin_loss, saganet_loss, squash
 
 
 def test_margin_loss_hand_computed():

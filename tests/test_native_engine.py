@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from shared_data import crc_tiles
 
-from saganet.tissue import MaskConfig, valid_area_mask
+from saganet.config import MaskConfig
+from saganet.tissue import valid_area_mask
 
 C = pytest.importorskip("saganet._C")
 CI = os.environ.get("CI", "").lower() == "true"

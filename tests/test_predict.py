@@ -1,7 +1,6 @@
 """Whole-slide prediction on the real slides: outputs, MPP handling, bad slides, resumption."""
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest

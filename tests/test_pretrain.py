@@ -1,5 +1,4 @@
 """Self-supervised pretraining on a few real tiles: seconds, not minutes."""
-import json
 from dataclasses import replace
 
 import numpy as np
@@ -11,9 +10,11 @@ from skimage.color import hed2rgb, rgb2hed
 from shared_data import few_per_class
 from saganet.cli import main
 from saganet.augment import hed_jitter_torch
-from saganet.pretrain import PretrainConfig, augment, build_tile_bank, pretrain, read_card
+from saganet.config import PretrainConfig
+from saganet.pretrain import augment, build_tile_bank, pretrain, read_card
 from saganet.study import run_study
-from saganet.train import TrainConfig, fit, make_preprocessing, prepare_images
+from saganet.config import TrainConfig
+from saganet.train import fit, make_preprocessing, prepare_images
 
 TINY = PretrainConfig(epochs=2, tile_size=64, crop=32, max_tiles=48, batch_size=16, slide_downsamples=(2,), threads=2,
                       warmup_epochs=1)

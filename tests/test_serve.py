@@ -277,7 +277,7 @@ def test_a_slide_swapped_for_a_link_after_submission_is_not_read(tmp_path, data_
     import shutil
 
     from saganet.serve.jobs import JobRunner, JobStore
-    from saganet.slide.pipeline import PredictConfig
+    from saganet.config import PredictConfig
 
     root, outside = tmp_path / "root", tmp_path / "outside.svs"
     root.mkdir()

@@ -8,7 +8,7 @@ from saganet.slide import SlideError, is_slide, open_reader, open_slide, read_rg
 def test_mpp_from_the_slide_when_it_records_it(data_dir):
     """The readers report the slide's own MPP, or None; slide prediction then needs --mpp
     (tests/test_predict.py), in the range MPP_RANGE (reader.mpp_problem)."""
-    from saganet.slide.reader import mpp_problem
+    from saganet.config import mpp_problem
 
     with open_reader(data_dir / "wsi" / "cmu_small_region.svs") as r:
         assert r.mpp == pytest.approx(0.499)

@@ -4,7 +4,8 @@ from scipy import ndimage
 
 from saganet import valid_area_mask
 from saganet.data import load_image
-from saganet.tissue import MaskConfig, mask_components
+from saganet.config import MaskConfig
+from saganet.tissue import mask_components
 
 
 def _images(data_dir, rel, n=10):

@@ -12,7 +12,9 @@ from saganet.cli import main
 from saganet.data import load_dataset, load_images
 from saganet.evaluate import predict
 from saganet.model import saganet_loss
-from saganet.train import TrainConfig, fit, load_run, make_preprocessing, prepare_images, _random_crop_batch
+from saganet.config import TrainConfig
+from saganet.run import load_run
+from saganet.train import _random_crop_batch, fit, make_preprocessing, prepare_images
 
 CFG = TrainConfig(epochs=4, crop=64, crops_per_image=8, batch_size=16, threads=2, warmup_epochs=1)
 
@@ -114,7 +116,7 @@ def test_tiny_study_resumes(data_dir, tmp_path):
     s = run_study(*args, log=lambda m: None)
     assert {r["variant"] for r in s["table"]} == {"classic", "no-gate"}
     first = json.loads((tmp_path / "runs" / "2shot_r0_classic.json").read_text())
-    s2 = run_study(*args, log=lambda m: None)  # everything done: nothing is recomputed
+    run_study(*args, log=lambda m: None)  # everything done: nothing is recomputed
     assert json.loads((tmp_path / "runs" / "2shot_r0_classic.json").read_text()) == first
     assert (tmp_path / "results.md").read_text().count("|") > 10 and (tmp_path / "results.png").is_file()
 

@@ -8,19 +8,51 @@ threads)` class whose instances map (image, mask) float32 arrays to (probs, scor
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..bundle import Bundle, BundleError, load_bundle
+from ..config import BACKENDS
 from ..tissue import valid_area_mask
 
-# Every backend; "auto" times the available ones on a probe batch and keeps the fastest, since
-# which one wins depends on the model and the CPU (docs/performance.md).
-BACKENDS = ("tensorrt", "native", "aoti", "onnxruntime", "torch")
+# Every backend (config.BACKENDS); "auto" times the available ones on a probe batch and keeps the
+# fastest, since which one wins depends on the model and the CPU (docs/performance.md).
 _MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend", "aoti": "aoti_backend",
             "native": "native_backend", "tensorrt": "tensorrt_backend"}
+
+
+def default_choice_cache() -> Path:
+    """Where "auto" remembers its choice: $SAGANET_CACHE_DIR, else ~/.cache/saganet."""
+    return Path(os.environ.get("SAGANET_CACHE_DIR") or Path.home() / ".cache" / "saganet") / "backend-choice.json"
+
+
+def _machine_key(model_id: str, threads) -> str:
+    """The choice holds for one model on one machine and software stack."""
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    try:
+        from importlib.metadata import version
+
+        ort = version("onnxruntime")
+    except Exception:
+        ort = "none"
+    return f"{model_id}|{platform.machine()}|{cpu}|{os.cpu_count()} cpus|torch {torch.__version__}|ort {ort}|threads {threads}"
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
 
 
 class EngineError(ValueError):
@@ -51,14 +83,26 @@ class Prediction:
 
 
 class Engine:
-    """Engine(bundle, backend="auto").classify(tiles uint8 (N,T,T,3)) -> Prediction."""
+    """Engine(bundle, backend="auto").classify(tiles uint8 (N,T,T,3)) -> Prediction.
 
-    def __init__(self, bundle, backend: str = "auto", threads: int | None = None, verify: bool = True):
+    "auto" times the available backends once per model and machine and remembers the fastest in
+    `choice_cache` (default_choice_cache(); None = time every time); `retime=True` times again.
+    Remembering makes a restart pick the same backend (same answers) and saves the timing."""
+
+    def __init__(self, bundle, backend: str = "auto", threads: int | None = None, verify: bool = True,
+                 choice_cache: Path | None | str = "default", retime: bool = False):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
         self.preprocessing = self.bundle.preprocessing
         self.status = backend_status(self.bundle)
         if backend == "auto":
-            self.backend, self._run, self.choice = self._fastest(threads)
+            cache = default_choice_cache() if choice_cache == "default" else choice_cache
+            remembered = None if retime or cache is None else self._remembered(cache, threads)
+            if remembered:
+                self.backend, self._run, self.choice = remembered
+            else:
+                self.backend, self._run, self.choice = self._fastest(threads)
+                if cache is not None:
+                    self._remember(Path(cache), threads)
         elif backend not in BACKENDS:
             raise EngineError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
         elif self.status[backend] is not None:
@@ -66,6 +110,42 @@ class Engine:
         else:
             self.backend, self.choice = backend, f"{backend} (asked for)"
             self._run = _module(backend).Backend(self.bundle, threads)
+
+    def _remembered(self, cache, threads):
+        """The backend chosen before for this model and machine, loaded; None if there is none,
+        or it cannot run here now (then auto times again)."""
+        try:
+            entry = json.loads(Path(cache).read_text()).get(_machine_key(self.bundle.model_id, threads))
+            name = entry["backend"]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None  # no cache, or one that is damaged: time again
+        if name not in BACKENDS or self.status[name] is not None:
+            return None
+        try:
+            run = _module(name).Backend(self.bundle, threads)
+        except Exception:
+            return None
+        return name, run, (f"auto: {name}, remembered from {entry.get('choice', 'an earlier timing')} "
+                           f"({cache}; --retime-backend to time again)" + self._unavailable_text())
+
+    def _unavailable_text(self) -> str:
+        skipped = "; ".join(f"{b}: {self.status[b]}" for b in BACKENDS if self.status[b] is not None)
+        return f"; not available: {skipped}" if skipped else ""
+
+    def _remember(self, cache: Path, threads) -> None:
+        try:
+            known = json.loads(cache.read_text()) if cache.is_file() else {}
+            known = known if isinstance(known, dict) else {}
+        except (OSError, ValueError):
+            known = {}
+        known[_machine_key(self.bundle.model_id, threads)] = {"backend": self.backend,
+                                                             "choice": self.choice.split("; not available")[0],
+                                                             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache, json.dumps(known, indent=1))
+        except OSError:
+            pass  # a read-only home: the choice is simply not remembered
 
     def _fastest(self, threads, probe: int = 8, repeats: int = 3):
         """Load every available backend, time preprocessing + network on one probe batch, keep the
@@ -97,9 +177,8 @@ class Engine:
             raise EngineError(f"{self.bundle.path}: no backend could be loaded here: {self.status}")
         best = max(speed, key=speed.get)
         others = ", ".join(f"{b} {v:.0f}" for b, v in speed.items() if b != best)
-        skipped = "; ".join(f"{b}: {self.status[b]}" for b in BACKENDS if self.status[b] is not None)
         choice = (f"auto chose {best}, the fastest here ({speed[best]:.0f} tiles/s on a probe batch of {probe}"
-                  + (f"; {others}" if others else "") + ")" + (f"; not available: {skipped}" if skipped else ""))
+                  + (f"; {others}" if others else "") + ")" + self._unavailable_text())
         return best, loaded[best], choice
 
     @property

@@ -1,5 +1,5 @@
-from .backbone import BACKBONES, BackboneConfig, ResNet, load_torchvision_weights
+from .backbone import ResNet, load_torchvision_weights
 from .gate import GateMaskPool, gate_mask_pool, gate_mask_pool_reference
 from .head import LengthHead, LinearHead, squash
-from .loss import LossConfig, agreement_loss, class_loss, gate_agreement, margin_loss, saganet_loss
-from .saganet import VARIANTS, ModelConfig, SagaNet, variant_config
+from .loss import agreement_loss, class_loss, gate_agreement, margin_loss, saganet_loss
+from .saganet import SagaNet, variant_config

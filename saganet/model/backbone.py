@@ -5,38 +5,13 @@ have ImageNet ResNet-18/34/50 weights as a local file can load them with `load_t
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    block: str = "basic"  # "basic" (ResNet-18/34) or "bottleneck" (ResNet-50)
-    layers: tuple[int, ...] = (1, 1, 1, 1)
-    widths: tuple[int, ...] = (32, 64, 128, 256)
-    stem: str = "small"  # "small": 3x3 conv stride 2; "imagenet": 7x7 stride 2 + max-pool (torchvision)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BackboneConfig":
-        d = dict(d)
-        d["layers"] = tuple(d.get("layers", cls.layers))
-        d["widths"] = tuple(d.get("widths", cls.widths))
-        return cls(**d)
+from ..config import BACKBONES, BackboneConfig
 
 
-# Named presets: plain data, like timm's model configs.
-BACKBONES: dict[str, BackboneConfig] = {
-    "resnet-tiny": BackboneConfig(layers=(1, 1, 1, 1), widths=(32, 64, 128, 256)),
-    "resnet-small": BackboneConfig(layers=(2, 2, 2, 2), widths=(32, 64, 128, 256)),
-    "resnet18": BackboneConfig(layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), stem="imagenet"),
-    "resnet34": BackboneConfig(layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), stem="imagenet"),
-    "resnet50": BackboneConfig(block="bottleneck", layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), stem="imagenet"),
-}
+
 
 
 def backbone_config(name_or_dict: str | dict) -> BackboneConfig:

@@ -1,24 +1,10 @@
 """Length-aware loss (margin loss on class-vector lengths) and the gate/mask agreement term."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class LossConfig:
-    kind: str = "margin"  # "margin" (on lengths) or "ce" (softmax cross-entropy on logits)
-    m_plus: float = 0.9  # the true class's length is pushed above this
-    m_minus: float = 0.1  # other classes' lengths are pushed below this
-    lam: float = 0.5  # down-weights the absent-class term so early training does not shrink every length
-    agreement_weight: float = 0.1  # weight of the gate/mask agreement term; 0 switches it off
-    agreement: str = "outside"  # "outside": penalise gate opening on invalid areas; "bce": BCE(g, M) everywhere
-    label_smoothing: float = 0.0  # for "ce" only
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from ..config import LossConfig
 
 
 def margin_loss(lengths: torch.Tensor, target: torch.Tensor, m_plus=0.9, m_minus=0.1, lam=0.5) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """SagaNet assembled from its parts; the variants are plain data."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -9,39 +9,7 @@ from torch import nn
 from .backbone import ResNet, backbone_config
 from .gate import GateMaskPool
 from .head import LengthHead, LinearHead
-from .loss import LossConfig
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    num_classes: int = 3
-    backbone: str | dict = "resnet-tiny"
-    use_gate: bool = True  # learned spatial gate g
-    use_mask: bool = True  # valid-area mask M multiplies the gate in pooling
-    mask_floor: float = 0.05  # weight left on invalid areas (0 = hard mask)
-    head: str = "length"  # "length" (squashed class vectors) or "linear"
-    capsule_dim: int = 16  # D, dimension of each class vector
-    dropout: float = 0.2
-    loss: LossConfig = field(default_factory=LossConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        d = dict(d)
-        d["loss"] = LossConfig(**d.get("loss", {}))
-        return cls(**d)
-
-
-# One flag picks a variant; each is a set of switches over the same backbone and training budget.
-VARIANTS: dict[str, dict] = {
-    "saganet": dict(use_gate=True, use_mask=True, head="length", loss=LossConfig(kind="margin")),
-    "baseline": dict(use_gate=False, use_mask=False, head="linear", loss=LossConfig(kind="ce", agreement_weight=0.0)),
-    "no-gate": dict(use_gate=False, use_mask=True, head="length", loss=LossConfig(kind="margin", agreement_weight=0.0)),
-    "no-length": dict(use_gate=True, use_mask=True, head="linear", loss=LossConfig(kind="ce")),
-    "no-mask": dict(use_gate=True, use_mask=False, head="length", loss=LossConfig(kind="margin", agreement_weight=0.0)),
-}
+from ..config import VARIANTS, ModelConfig
 
 
 def variant_config(variant: str, **overrides) -> ModelConfig:

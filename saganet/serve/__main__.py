@@ -9,32 +9,37 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from ..cli import HelpWithDefaults
+from ..config import BACKENDS
 from .app import Settings
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m saganet.serve") -> int:
     d = Settings(model="")
-    ap = argparse.ArgumentParser(prog="python -m saganet.serve", description=__doc__)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpWithDefaults)
     ap.add_argument("--model", required=True, help="model bundle directory (saganet export)")
-    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--backend", default=d.backend)
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only unless changed)")
+    ap.add_argument("--port", type=int, default=8000, help="port to listen on")
+    ap.add_argument("--backend", default=d.backend, choices=("auto", *BACKENDS),
+                    help="inference backend; auto times them once and remembers the fastest in the state dir")
+    ap.add_argument("--retime-backend", action="store_true", help="with --backend auto: time the backends again")
     ap.add_argument("--max-batch", type=int, default=d.max_batch, help="tiles per network batch")
     ap.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms, help="longest wait for a batch to fill")
-    ap.add_argument("--slide-root", default=None, help="folder slides may be submitted from by path (none: refused)")
+    ap.add_argument("--slide-root", default=None, help="folder slides may be submitted from by path (none: only uploads)")
     ap.add_argument("--state-dir", default=d.state_dir, help="SQLite job store, uploads and job outputs")
     ap.add_argument("--token", default=None, help="bearer token required on every endpoint but /healthz "
                                                   "(also from $SAGANET_TOKEN)")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--max-queue-tiles", type=int, default=d.max_queue_tiles)
-    ap.add_argument("--max-upload-mb", type=int, default=d.max_upload_mb)
+    ap.add_argument("--threads", type=int, default=0, help="inference threads (0 = the backend's default)")
+    ap.add_argument("--max-queue-tiles", type=int, default=d.max_queue_tiles,
+                    help="tiles waiting for the network; beyond it requests get 503 and Retry-After")
+    ap.add_argument("--max-upload-mb", type=int, default=d.max_upload_mb, help="largest uploaded slide (413 beyond)")
     ap.add_argument("--max-plain-pixels", type=int, default=d.max_plain_pixels,
-                    help="largest plain PNG/JPEG/TIFF slide accepted (decoded whole by its job; default %(default)s)")
+                    help="largest plain PNG/JPEG/TIFF slide accepted, in pixels (decoded whole by its job)")
     ap.add_argument("--header-timeout-s", type=float, default=10.0,
                     help="close a connection whose request headers are not complete this long after they begin "
-                         "(slow clients; default %(default)s)")
+                         "(slow clients)")
     ap.add_argument("--body-idle-s", type=float, default=d.body_idle_s,
-                    help="refuse (408) a request body that sends nothing for this long (default %(default)s)")
+                    help="refuse (408) a request body that sends nothing for this long")
     ap.add_argument("--cluster", default=None, metavar="ADDRESS",
                     help="run slide jobs on a Dask cluster: local:N or tcp://HOST:PORT (docs/scaling.md)")
     ap.add_argument("--cluster-upload-bundle", action="store_true",
@@ -52,7 +57,7 @@ def main(argv=None) -> int:
                         slide_root=a.slide_root, state_dir=a.state_dir, token=a.token or os.environ.get("SAGANET_TOKEN"),
                         threads=a.threads, max_queue_tiles=a.max_queue_tiles, max_upload_mb=a.max_upload_mb, body_idle_s=a.body_idle_s,
                         max_plain_pixels=a.max_plain_pixels,
-                        cluster=a.cluster, cluster_upload_bundle=a.cluster_upload_bundle)
+                        cluster=a.cluster, cluster_upload_bundle=a.cluster_upload_bundle, retime_backend=a.retime_backend)
     import uvicorn
 
     from .app import create_app

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .. import __version__
-from ..slide.pipeline import PredictConfig
-from ..slide.reader import MPP_RANGE, SlideError, mpp_problem, probe
+from ..config import MPP_RANGE, PredictConfig, mpp_problem
+from ..slide.reader import SlideError, probe
 from .batcher import DynamicBatcher, QueueFull
 from .jobs import JobRunner, JobStore
 from .security import Refused, confine, decode_tile, install_guard, json_object, raw_tiles, read_body, read_form, safe_name
@@ -30,6 +30,7 @@ MB = 1 << 20
 class Settings:
     model: str
     backend: str = "auto"
+    retime_backend: bool = False  # auto: time the backends again instead of using the remembered choice
     max_batch: int = 32
     max_delay_ms: float = 5.0
     slide_root: str | None = None
@@ -96,7 +97,10 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     jobs_gauge = Gauge("saganet_jobs", "slide jobs by state", ["state"], registry=registry)
     state = {"ready": False}
 
-    engine = engine or Engine(s.model, backend=s.backend, threads=s.threads or None)
+    # The server keeps everything in its state dir, the remembered backend choice too: a restart runs
+    # the same backend, so a resumed job gives the same answers.
+    engine = engine or Engine(s.model, backend=s.backend, threads=s.threads or None, retime=s.retime_backend,
+                              choice_cache=Path(s.state_dir) / "backend-choice.json")
     _log(f"model {engine.bundle.model_id}: {engine.choice}")
     lock = threading.Lock()
     batcher = DynamicBatcher(engine, s.max_batch, s.max_delay_ms / 1000.0, s.max_queue_tiles, lock,

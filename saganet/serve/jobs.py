@@ -16,7 +16,8 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from ..slide.pipeline import Interrupted, PredictConfig, predict_slide
+from ..config import PredictConfig
+from ..slide.pipeline import Interrupted, predict_slide
 from ..slide.reader import SlideError
 from .security import Refused, inside
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from distributed import WorkerPlugin
 
-from .pipeline import CHUNK_TILES
+from ..config import CHUNK_TILES
 from .reader import SlideError, open_reader
 
 READER_CACHE = 8  # open slides kept per worker process

@@ -17,38 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .reader import SlideError, mpp_problem, open_reader, thumbnail_tissue
+from ..config import PredictConfig, mpp_problem
+from .reader import SlideError, open_reader, thumbnail_tissue
 from .tiler import Grid, tile_grid
 from .writers import PNG_LEVEL, GeoJSONWriter, TileTable, file_part, write_heatmaps, write_json
 
 MAX_UPSAMPLING = 4  # a slide may be at most this much coarser than the model (tiles are enlarged up to 4x)
-
-
-# Tiles per cluster task (slide/cluster.py): scheduling costs ~5 ms a task, and smaller chunks shorten
-# the tail in which one worker finishes a slide while the others idle.
-CHUNK_TILES = 128
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    batch_size: int = 8  # fastest on our 2-core CPUs (activations stay in cache); raise it on bigger machines
-    workers: int = 2  # threads that read and preprocess tiles while the engine runs
-    min_tissue: float = 0.25  # share of a tile that must be tissue on the thumbnail to be predicted
-    min_valid: float = 0.05  # share of valid-area pixels a tile needs to count in the slide call
-    mpp: float | None = None  # level-0 microns per pixel; required when the slide does not say
-    thumbnail_side: int = 1024
-    progress: bool = True
-    max_tiles: int = 100_000  # a slide needing more tiles is refused (work amplification); 2.5 x 2.5 cm of tissue in 112 um tiles is about 50,000
-
-    def check(self) -> None:
-        if not 1 <= self.batch_size <= 1024:
-            raise ValueError(f"--batch-size must be 1..1024, got {self.batch_size}")
-        if not 1 <= self.workers <= 64:
-            raise ValueError(f"--workers must be 1..64, got {self.workers}")
-        if self.mpp is not None and mpp_problem(self.mpp):
-            raise ValueError(f"--mpp {mpp_problem(self.mpp)}")
-        if not 1 <= self.max_tiles:
-            raise ValueError(f"--max-tiles must be at least 1, got {self.max_tiles}")
 
 
 def slide_call(probs: np.ndarray, valid: np.ndarray, class_names, min_valid: float) -> dict:

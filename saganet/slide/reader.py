@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import MaskConfig
 from ..data import to_rgb
-from ..tissue import MaskConfig, tissue_pixels
+from ..tissue import tissue_pixels
 
 # Formats OpenSlide reads that are not plain images; .tif/.tiff are asked of OpenSlide itself.
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
@@ -23,18 +24,6 @@ class SlideError(ValueError):
 
 # Microns per pixel a scanned slide can have: 0.05 (beyond any optical scanner) to 100 (a 0.1x
 # overview). Outside it a value is a typo or hostile, and tile sizes overflow or explode.
-MPP_RANGE = (0.05, 100.0)
-
-
-def mpp_problem(value) -> str | None:
-    """Why `value` is not a usable microns-per-pixel value, or None when it is."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number of microns per pixel, got {value!r}"
-    if not MPP_RANGE[0] <= value <= MPP_RANGE[1]:  # also refuses nan and inf
-        return f"must be {MPP_RANGE[0]}..{MPP_RANGE[1]} microns per pixel, got {value:g}"
-    return None
-
-
 def is_slide(path) -> bool:
     """A vendor slide format, or a TIFF that OpenSlide reads as a multi-resolution pyramid."""
     p = Path(path)
