@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from shared_data import DEMO_BUNDLE, crc_tiles
 
-from saganet.bundle import export_bundle, load_bundle
+from saganet.bundle import load_bundle
+from saganet.export import export_bundle
 from saganet.engine import Engine, backend_status
 
 BATCHES = (1, 8, 32, 64)

@@ -259,7 +259,7 @@ def main(argv=None) -> int:
             print(json.dumps({k: card[k] for k in ("method", "backbone", "tiles", "steps", "train_hours")} |
                              {"skipped": len(card["skipped"])}, indent=2))
         elif args.command == "export":
-            from .bundle import export_bundle
+            from .export import export_bundle
 
             card = open(args.card, encoding="utf-8").read() if args.card else None
             m = export_bundle(args.run, args.out, args.mpp, args.tile_size, tuple(args.formats), card=card,

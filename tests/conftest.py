@@ -13,7 +13,8 @@ def demo_bundle():
 @pytest.fixture(scope="session")
 def fresh_bundle(tmp_path_factory, demo_bundle):
     """The demo model exported here, now: its AOTInductor package fits this machine's CPU."""
-    from saganet.bundle import export_bundle, load_bundle
+    from saganet.bundle import load_bundle
+    from saganet.export import export_bundle
     from saganet.config import TrainConfig
     from saganet.run import save_run
 

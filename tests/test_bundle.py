@@ -4,12 +4,13 @@ import shutil
 
 import pytest
 
-from saganet.bundle import FORMAT_VERSION, BundleError, export_bundle, isa_mismatch, load_bundle, sha256_file
+from saganet.bundle import FORMAT_VERSION, BundleError, isa_mismatch, load_bundle, sha256_file
+from saganet.export import export_bundle
 from saganet.cli import main
 
 
 def test_manifest_describes_everything_inference_needs(fresh_bundle):
-    m = fresh_bundle.manifest
+    m = fresh_bundle.manifest.raw  # as written
     assert m["format"] == "saganet-bundle" and m["format_version"] == FORMAT_VERSION
     assert m["class_names"] == ["ADI", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
     assert m["tile_size"] == 224 and m["mpp"] == 0.5
@@ -132,7 +133,7 @@ def test_isa_mismatch_is_explained():
 
 
 def test_export_keeps_the_trained_weights(demo_bundle, fresh_bundle):
-    assert fresh_bundle.manifest["files"]["weights.safetensors"] == demo_bundle.manifest["files"]["weights.safetensors"]
+    assert fresh_bundle.manifest.files["weights.safetensors"] == demo_bundle.manifest.files["weights.safetensors"]
     assert fresh_bundle.model_id.split("@")[1] == demo_bundle.model_id.split("@")[1]
 
 

@@ -73,10 +73,9 @@ def test_auto_picks_the_fastest_available_and_says_so(fresh_bundle):
 
 
 def test_aoti_package_for_another_cpu_falls_back(fresh_bundle):
-    manifest = {**fresh_bundle.manifest}
-    manifest["formats"] = {**manifest["formats"], "aoti": {**manifest["formats"]["aoti"],
-                                                          "isa": {"machine": "x86_64", "flags": ["amx_tile", "avx512_fp99"]}}}
-    foreign = dataclasses.replace(fresh_bundle, manifest=manifest)
+    formats = fresh_bundle.manifest.formats
+    formats = {**formats, "aoti": {**formats["aoti"], "isa": {"machine": "x86_64", "flags": ["amx_tile", "avx512_fp99"]}}}
+    foreign = dataclasses.replace(fresh_bundle, manifest=dataclasses.replace(fresh_bundle.manifest, formats=formats))
     assert isinstance(foreign, Bundle)
     status = backend_status(foreign)
     assert "which this CPU lacks" in status["aoti"]
@@ -133,7 +132,8 @@ def test_preprocessing_is_the_training_preprocessing(fresh_bundle, tiles):
 
 @pytest.fixture(scope="module")
 def bf16_bundle(tmp_path_factory, fresh_bundle):
-    from saganet.bundle import export_bundle, load_bundle
+    from saganet.bundle import load_bundle
+    from saganet.export import export_bundle
 
     out = tmp_path_factory.mktemp("bf16") / "bundle"
     export_bundle(fresh_bundle.path, out, formats=("aoti",), precision="bfloat16", log=lambda m: None)
@@ -142,7 +142,7 @@ def bf16_bundle(tmp_path_factory, fresh_bundle):
 
 def test_bfloat16_package_agrees_closely(bf16_bundle, tiles, eager):
     """bfloat16 is opt-in and not held to float32 parity; it must keep the calls and stay close."""
-    assert bf16_bundle.manifest["formats"]["aoti"]["precision"] == "bfloat16"
+    assert bf16_bundle.manifest.formats["aoti"]["precision"] == "bfloat16"
     for backend in ("aoti", "native"):
         if backend_status(bf16_bundle)[backend] is not None and not (backend == "native" and CI):
             continue
@@ -152,7 +152,7 @@ def test_bfloat16_package_agrees_closely(bf16_bundle, tiles, eager):
 
 
 def test_export_refuses_unknown_precision(fresh_bundle, tmp_path):
-    from saganet.bundle import export_bundle
+    from saganet.export import export_bundle
 
     with pytest.raises(ValueError, match="--precision must be one of float32, bfloat16"):
         export_bundle(fresh_bundle.path, tmp_path / "x", precision="int8")

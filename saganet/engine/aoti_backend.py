@@ -8,7 +8,7 @@ from ..bundle import MAX_BATCH, PACKAGE_TILE_KEY, BundleError, isa_mismatch
 
 
 def unavailable(bundle) -> str | None:
-    info = bundle.manifest.get("formats", {}).get("aoti")
+    info = bundle.manifest.formats.get("aoti")
     if info is None:
         return "the bundle has no model.pt2 (export it with --formats aoti)"
     why = isa_mismatch(info.get("isa", {}))

@@ -219,7 +219,7 @@ class Engine:
         if probs.ndim != 2 or probs.shape[1] != len(self.class_names):
             raise BundleError(f"{self.bundle.path}: the network gives {probs.shape[-1]} class scores but the manifest "
                               f"names {len(self.class_names)} classes; the bundle is inconsistent")
-        lengths = scores if self.bundle.manifest["model"]["head"] == "length" else None
+        lengths = scores if self.bundle.manifest.head == "length" else None
         return Prediction(probs, lengths, mask.reshape(len(mask), -1).mean(axis=1), gate[:, 0] if return_gate else None)
 
     def classify(self, tiles, return_gate: bool = False) -> Prediction:

@@ -16,10 +16,10 @@ def unavailable(bundle) -> str | None:
     if not hasattr(_C, "Engine"):
         return ("saganet._C was built without the engine (it needs libtorch, nlohmann_json and OpenSSL; "
                 "see the CMake output of pip install -e .)")
-    prep = bundle.manifest["preprocessing"]
-    if prep.get("stain_target") is not None:
+    prep = bundle.preprocessing
+    if prep.stain_target is not None:
         return "the bundle uses stain normalisation, which the native engine does not implement"
-    if not isinstance(prep["mask"].get("nuclei_threshold"), (int, float)):
+    if isinstance(prep.mask.nuclei_threshold, str):
         return "the bundle's mask uses an Otsu nuclei threshold, which the native engine does not implement"
     return _aoti_unavailable(bundle)
 
