@@ -155,10 +155,11 @@ void valid_area_mask(const uint8_t* rgb, int h, int w, const MaskConfig& c, uint
 
 void normalise(const uint8_t* rgb, int h, int w, const float mean[3], const float std[3], float* image) {
   const size_t n = size_t(h) * w;
+  // The same float32 operations, in the same order, as saganet.preprocess.Preprocessing.normalise
+  // (a division by std, not a product with its reciprocal: those differ in the last bit).
   for (int ch = 0; ch < 3; ++ch) {
-    const float inv = 1.0f / std[ch];
     float* plane = image + ch * n;
-    for (size_t i = 0; i < n; ++i) plane[i] = (float(rgb[3 * i + ch]) / 255.0f - mean[ch]) * inv;
+    for (size_t i = 0; i < n; ++i) plane[i] = (float(rgb[3 * i + ch]) / 255.0f - mean[ch]) / std[ch];
   }
 }
 

@@ -1,5 +1,5 @@
 // Tile preprocessing in C++, bit for bit the Python version (saganet/tissue.py valid_area_mask and
-// saganet/engine/base.py preprocess_tiles): the valid-area mask and the normalisation. No libtorch.
+// saganet/preprocess.py Preprocessing.normalise): the valid-area mask and the normalisation. No libtorch.
 #pragma once
 
 #include <cstdint>

@@ -49,22 +49,30 @@ class Preprocessing:
             m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(out.shape[1::-1], Image.NEAREST)) > 127
         return out, m
 
-    def to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        """uint8 (H,W,3) or (N,H,W,3) -> normalised float32 (N,3,H,W)."""
-        t = torch.from_numpy(np.ascontiguousarray(rgb))
-        if t.dim() == 3:
-            t = t.unsqueeze(0)
-        return self.normalise(t.permute(0, 3, 1, 2).float().div_(255.0))
+    def to_array(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 (H,W,3) or (N,H,W,3) -> normalised float32 (N,3,H,W): what every model sees."""
+        x = np.asarray(rgb)
+        x = x[None] if x.ndim == 3 else x
+        return self.normalise(x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0))
 
-    def normalise(self, rgb01: torch.Tensor) -> torch.Tensor:
-        """(N,3,H,W) RGB in [0,1] -> normalised with the channel mean and std."""
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
+    def to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.to_array(rgb))
+
+    def normalise(self, rgb01):
+        """(N,3,H,W) float32 RGB in [0,1], numpy or torch -> (x - mean) / std per channel.
+
+        The one normalisation of training, evaluation, pretraining and the engines (csrc/preprocess.cpp
+        computes the same float32 operations in the same order, so the bits agree)."""
+        mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
+        if isinstance(rgb01, torch.Tensor):
+            mean, std = torch.from_numpy(mean).to(rgb01.device), torch.from_numpy(std).to(rgb01.device)
         return (rgb01 - mean) / std
 
 
-def channel_stats(images: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of RGB in [0,1] over a list of images (pixels weighted equally)."""
+def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of RGB in [0,1] over images (an iterable of uint8 arrays, any shape
+    ending in 3; pixels weighted equally), streamed: one image in float64 at a time."""
     s = np.zeros(3)
     s2 = np.zeros(3)
     n = 0

@@ -33,6 +33,7 @@ from .augment import brightness_contrast, hed_jitter_torch, random_blur
 from .data import IMAGE_EXTENSIONS, load_image
 from .model.backbone import ResNet, backbone_config
 from .slide import is_slide, open_slide, read_rgb, tissue_tiles
+from .preprocess import Preprocessing, channel_stats
 from .tissue import mask_components
 
 CARD_FORMAT = "saganet-encoder"
@@ -167,7 +168,7 @@ def augment(tiles: torch.Tensor, cfg: PretrainConfig, gen: torch.Generator, mean
     x = brightness_contrast(x, gen)
     if cfg.blur_p > 0:
         x = random_blur(x, gen, cfg.blur_p)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return Preprocessing(mean=mean, std=std).normalise(x)
 
 
 # ---------------------------------------------------------------- methods
@@ -268,9 +269,7 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
     if n < 4:  # contrastive batches need a few tiles to tell apart
         raise ValueError(f"only {n} tissue tiles: too few to pretrain (need at least 4)")
     batch = min(cfg.batch_size, n)
-    flat = bank.reshape(-1, 3).astype(np.float64) / 255.0
-    mean, std = tuple(flat.mean(0).tolist()), tuple(flat.std(0).tolist())
-    del flat
+    mean, std = channel_stats(bank)  # streamed: a float64 copy of the bank would be ~8 GB at the defaults
     log(f"tile bank: {n} tiles of {cfg.tile_size} px from {len(records)} sources "
         f"({len(skipped)} skipped) in {time.time() - t_bank:.0f}s")
 

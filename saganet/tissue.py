@@ -76,7 +76,9 @@ def mask_components(rgb: np.ndarray, config: MaskConfig = MaskConfig()) -> dict[
     rgbf = rgb.astype(np.float32) / 255.0
     tissue = tissue_pixels(rgb, config.tissue_od)
 
-    grey = rgbf @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    # Explicit products and sums in a fixed order (csrc/preprocess.cpp does the same): a matmul lets
+    # BLAS choose fused multiply-adds and summation order, and the bits would rest on that choice.
+    grey = (rgbf[..., 0] * np.float32(0.299) + rgbf[..., 1] * np.float32(0.587)) + rgbf[..., 2] * np.float32(0.114)
     gy, gx = np.gradient(grey)
     energy = ndimage.uniform_filter(gx * gx + gy * gy, size=config.focus_window, mode="reflect")
     focus = energy > focus_threshold(energy, tissue, config)

@@ -135,3 +135,27 @@ def test_study_with_encoder(encoder, data_dir, tmp_path):
     with pytest.raises(ValueError, match="need an encoder"):
         run_study(data_dir / "osteosarcoma_ut_test60", tmp_path, [2], 1, ["saganet"], replace(cfg, pretrained=""),
                   inits=["frozen"])
+
+
+def test_pretraining_streams_the_bank_statistics(tmp_path):
+    """The bank's mean and std are computed one tile at a time (preprocess.channel_stats): a float64
+    copy of the whole bank would be about 8 GB at the defaults. Here a 49 MB bank, whose copy (and
+    its scaled temporary) would add about 800 MB to the process's peak; one short epoch adds little."""
+    import subprocess
+    import sys
+
+    code = f"""
+import resource, numpy as np
+from saganet import pretrain as p
+from saganet.config import PretrainConfig
+bank = np.random.default_rng(0).integers(0, 256, (1000, 128, 128, 3), dtype=np.uint8)
+p.build_tile_bank = lambda sources, cfg, log: (bank, [{{"path": "x", "kind": "image", "source": "x", "candidates": 1000}}], [])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+p.pretrain(["x"], {str(tmp_path / "enc.safetensors")!r}, PretrainConfig(steps=1, epochs=1, warmup_epochs=0, batch_size=64,
+           crop=32, threads=2), log=lambda m: None, progress=False)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    grown_mb = float(out.stdout.split()[-1])
+    assert grown_mb < 400, f"pretraining raised the peak by {grown_mb:.0f} MB: the bank was copied"
