@@ -9,6 +9,8 @@ import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, recall_score,
                              roc_auc_score)
 
+from .atomic import atomic_write, atomic_write_text
+
 
 @torch.inference_mode()
 def predict(model, prep, images, masks, batch_size: int = 16, tta: bool = False) -> np.ndarray:
@@ -84,15 +86,15 @@ def plot_confusion(metrics: dict, path: Path, title: str = "") -> None:
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_title(title or f"balanced accuracy {metrics['balanced_accuracy']:.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
 def eval_run(run_dir, data, out=None, skip_bad=False, exclude_train=False, mask_dir=None, log=print) -> dict:
     """The `saganet eval` command. exclude_train leaves out the images the run trained or validated on."""
     from .data import load_dataset, load_images, user_masks
+    from .preprocess import prepare_images
     from .run import load_run
-    from .train import prepare_images
 
     model, config, prep = load_run(run_dir)
     class_names = config["class_names"]
@@ -115,7 +117,7 @@ def eval_run(run_dir, data, out=None, skip_bad=False, exclude_train=False, mask_
     metrics["skipped_files"] = bad
     out = Path(out) if out else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     plot_confusion(metrics, out / "confusion.png")
     log(f"balanced accuracy {metrics['balanced_accuracy']:.3f}, accuracy {metrics['accuracy']:.3f}, "
         f"macro-F1 {metrics['macro_f1']:.3f}; wrote {out}/metrics.json and confusion.png")

@@ -70,6 +70,19 @@ class Preprocessing:
         return (rgb01 - mean) / std
 
 
+def prepare_images(images, prep: Preprocessing, given_masks=None, names=None):
+    """Scale/stain/mask every image; `names` (file paths) make errors say which image failed."""
+    out_images, out_masks = [], []
+    for i, im in enumerate(images):
+        try:
+            a, m = prep.prepare(im, None if given_masks is None else given_masks[i])
+        except ValueError as e:
+            raise ValueError(f"{names[i] if names else f'image {i}'}: {e}") from None
+        out_images.append(a)
+        out_masks.append(m)
+    return out_images, out_masks
+
+
 def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of RGB in [0,1] over images (an iterable of uint8 arrays, any shape
     ending in 3; pixels weighted equally), streamed: one image in float64 at a time."""

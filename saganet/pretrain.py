@@ -28,13 +28,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .atomic import atomic_write
-from .config import PRETRAIN_METHODS, MaskConfig, PretrainConfig
 from .augment import brightness_contrast, hed_jitter_torch, random_blur
+from .config import PRETRAIN_METHODS, MaskConfig, PretrainConfig
 from .data import IMAGE_EXTENSIONS, load_image
 from .model.backbone import ResNet, backbone_config
-from .slide import is_slide, open_slide, read_rgb, tissue_tiles
 from .preprocess import Preprocessing, channel_stats
+from .slide import is_slide, open_slide, read_rgb, tissue_tiles
 from .tissue import mask_components
+from .training import STREAM_TILE_BANK, epoch_seed, load_checkpoint, save_checkpoint, warmup_cosine
 
 CARD_FORMAT = "saganet-encoder"
 CARD_VERSION = 1
@@ -78,7 +79,7 @@ def build_tile_bank(sources, cfg: PretrainConfig, log=print, skip_bad: bool = Tr
     Candidates are enumerated first (image crops at random positions, slide grid tiles on tissue)
     and, past max_tiles, subsampled uniformly, so that only kept tiles are read.
     """
-    rng = np.random.default_rng([cfg.seed, 5])
+    rng = np.random.default_rng([cfg.seed, STREAM_TILE_BANK])
     t = cfg.tile_size
     candidates, records, skipped = [], [], []
     for path, kind, source in find_sources(sources):
@@ -281,20 +282,14 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
     if cfg.steps:
         cfg = replace(cfg, epochs=max(cfg.warmup_epochs + 1, math.ceil(cfg.steps / steps_per_epoch)))
     total, warm = steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    sched = warmup_cosine(opt, warm, total)
     settings = {k: v for k, v in cfg.to_dict().items() if k != "threads"}  # threads change speed, not results
     fingerprint = {"settings": settings, "tiles": n, "sources": [r["path"] for r in records],
                    "bank_checksum": int(bank[:, ::8, ::8].astype(np.int64).sum())}
     ckpt = Path(str(out) + ".ckpt")
     start, history, seconds = 0, [], 0.0
-    if ckpt.is_file():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{ckpt}: cannot read checkpoint ({e}); delete it to start over") from None
-        if json.loads(state["fingerprint"]) != json.loads(json.dumps(fingerprint)):
-            raise ValueError(f"{ckpt} was written with other settings or sources; delete it or choose another --out")
+    state = load_checkpoint(ckpt, fingerprint)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -309,7 +304,7 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
     bank_t = torch.from_numpy(bank)
     for epoch in range(start, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
-        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
         order = torch.from_numpy(rng.permutation(n))
         model.train()
         t0, loss_sum = time.time(), 0.0
@@ -334,10 +329,8 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
         history.append(rec)
         if snapshot_every and (epoch + 1) % snapshot_every == 0 and epoch + 1 < cfg.epochs:
             save_encoder(out.with_name(f"{out.stem}-epoch{epoch + 1:03d}.safetensors"), model.backbone)
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch + 1, "history": json.dumps(history), "seconds": seconds,
-                 "fingerprint": json.dumps(fingerprint)}
-        atomic_write(ckpt, lambda p: torch.save(state, p))
+        save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                               "epoch": epoch + 1, "history": json.dumps(history), "seconds": seconds}, fingerprint)
         log(json.dumps(rec))  # after the checkpoint: a logged epoch is a saved epoch
     if bar is not None:
         bar.close()

@@ -15,30 +15,43 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write, atomic_write_text
 from .config import POOL_METHODS, TrainConfig
 from .classic import classic_features, classic_probs, fit_classic
 from .data import load_dataset, load_images
 from .evaluate import classification_metrics, predict
-from .preprocess import Preprocessing, channel_stats
+from .preprocess import Preprocessing, channel_stats, prepare_images
 from .selftrain import self_train
-from .train import fit, prepare_images, pretrain_on
+from .train import fit, pretrain_on
 from .unlabelled import load_unlabelled
 
 
 
+ENUMERATE_PATIENTS = 12  # up to this many patients every partition is tried (2^12); beyond, a seeded sample
+SAMPLED_SPLITS = 4096
+
+
 def patient_splits(labels: np.ndarray, patients: list[str]) -> list[tuple[set, set]]:
-    """All (train patients, test patients) partitions in which every class is on both sides."""
+    """(train patients, test patients) partitions in which every class is on both sides: all of them
+    for a few patients, else up to SAMPLED_SPLITS drawn at random (seeded; 2^n partitions of 40
+    patients could never be listed)."""
     pats = sorted(set(patients))
     classes = set(labels.tolist())
+    has = {p: set() for p in pats}  # the classes each patient has
+    for label, p in zip(labels.tolist(), patients):
+        has[p].add(label)
+    if len(pats) <= ENUMERATE_PATIENTS:
+        candidates = (set(t) for k in range(1, len(pats)) for t in itertools.combinations(pats, k))
+    else:
+        rng = np.random.default_rng(2021)
+        drawn = {tuple(sorted(rng.choice(pats, size=int(rng.integers(1, len(pats))), replace=False)))
+                 for _ in range(SAMPLED_SPLITS)}
+        candidates = (set(t) for t in sorted(drawn, key=lambda t: (len(t), t)))
     out = []
-    for k in range(1, len(pats)):
-        for test in itertools.combinations(pats, k):
-            test = set(test)
-            tr = {l for l, p in zip(labels, patients) if p not in test}
-            te = {l for l, p in zip(labels, patients) if p in test}
-            if tr == classes and te == classes:
-                out.append((set(pats) - test, test))
+    for test in candidates:
+        train = set(pats) - test
+        if set().union(*(has[p] for p in train)) == classes and set().union(*(has[p] for p in test)) == classes:
+            out.append((train, test))
     return out
 
 
@@ -325,5 +338,5 @@ def _plot(table, path):
     ax.set_ylabel("balanced accuracy (test)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

@@ -12,15 +12,16 @@ import numpy as np
 import torch
 
 from . import semi
-from .atomic import atomic_write
-from .config import SEMI_METHODS, TrainConfig
 from .augment import random_crop
+from .config import SEMI_METHODS, TrainConfig
 from .data import load_dataset, load_images, user_masks
 from .evaluate import classification_metrics, predict
 from .model import SagaNet, load_torchvision_weights, saganet_loss, variant_config
-from .preprocess import Preprocessing, channel_stats
+from .preprocess import Preprocessing, channel_stats, prepare_images
 from .run import save_run
 from .stain import hed_jitter, reinhard_target
+from .training import (STREAM_SHOTS, STREAM_UNLABELLED, STREAM_VALIDATION, epoch_seed, load_checkpoint, save_checkpoint,
+                       warmup_cosine)
 
 
 
@@ -49,9 +50,6 @@ def balanced_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
         p[labels == c] = 1.0 / (len(classes) * k)
     return rng.choice(len(labels), size=n, replace=True, p=p / p.sum())
 
-
-# Random streams of an epoch, besides the labelled crops' (seed, epoch): named so no two collide.
-UNLABELLED_STREAM = 17
 
 
 def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessing, val=None,
@@ -86,22 +84,10 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
     total = steps_per_epoch * cfg.epochs
     warm = steps_per_epoch * cfg.warmup_epochs
 
-    def lr_at(step):  # linear warm-up, then cosine to zero: a fixed, documented schedule
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = warmup_cosine(opt, warm, total)
     history, start, best, patience_left, stopped = [], 0, None, cfg.patience, False
-    settings = json.dumps(cfg.to_dict(), sort_keys=True)
-    if checkpoint is not None and Path(checkpoint).is_file():
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{checkpoint}: cannot read checkpoint ({e}); delete it to start over") from None
-        if state.get("settings") != settings:
-            raise ValueError(f"{checkpoint} was written with other training settings; use a new --out folder, "
-                             f"or the same settings to resume")
+    state = load_checkpoint(checkpoint, cfg.to_dict()) if checkpoint is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -117,14 +103,14 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
     for epoch in range(start, cfg.epochs if not stopped else start):
         # Every epoch's randomness derives from (seed, epoch): resuming replays it exactly.
         rng = np.random.default_rng([cfg.seed, epoch])
-        torch.manual_seed(cfg.seed * 100003 + epoch)
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
         model.train()
         order = balanced_indices(labels, steps_per_epoch * cfg.batch_size, rng)
         t0, sums = time.time(), {"loss": 0.0, "class_loss": 0.0, "agreement_loss": 0.0}
         if cfg.semi:
             # A separate stream: the labelled crops stay those of the labelled-only run.
-            rng_u = np.random.default_rng([cfg.seed, epoch, UNLABELLED_STREAM])
-            gen_u = torch.Generator().manual_seed(cfg.seed * 100003 + epoch * 7 + UNLABELLED_STREAM)
+            rng_u = np.random.default_rng([cfg.seed, epoch, STREAM_UNLABELLED])
+            gen_u = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, STREAM_UNLABELLED))
             sums.update(unlabelled_loss=0.0, confident=0.0)
         for s in range(steps_per_epoch):
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
@@ -163,11 +149,10 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
             bar.set_postfix(loss=f"{rec['loss']:.3f}")
         if checkpoint is not None:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "epoch": epoch + 1, "history": json.dumps(history), "settings": settings,
-                     "patience_left": patience_left, "stopped": stopped}
+                     "epoch": epoch + 1, "history": json.dumps(history), "patience_left": patience_left, "stopped": stopped}
             if best is not None:
                 state["best"] = best
-            atomic_write(checkpoint, lambda p: torch.save(state, p))
+            save_checkpoint(checkpoint, state, cfg.to_dict())
         if stopped:
             log(f"early stop after epoch {epoch + 1}: best validation balanced accuracy {best['score']:.3f} at epoch {best['epoch']}")
             break
@@ -205,19 +190,6 @@ def load_backbone(model: SagaNet, cfg: TrainConfig, log=print) -> None:
     log(f"loaded backbone weights from {cfg.pretrained} ({what}; {len(ignored)} keys ignored)")
 
 
-def prepare_images(images, prep: Preprocessing, given_masks=None, names=None):
-    """Scale/stain/mask every image; `names` (file paths) make errors say which image failed."""
-    out_images, out_masks = [], []
-    for i, im in enumerate(images):
-        try:
-            a, m = prep.prepare(im, None if given_masks is None else given_masks[i])
-        except ValueError as e:
-            raise ValueError(f"{names[i] if names else f'image {i}'}: {e}") from None
-        out_images.append(a)
-        out_masks.append(m)
-    return out_images, out_masks
-
-
 def make_preprocessing(train_images_raw, cfg: TrainConfig) -> Preprocessing:
     """Preprocessing fitted on training images only: stain target and channel statistics."""
     base = Preprocessing(scale=cfg.scale, mask=cfg.mask)
@@ -232,7 +204,7 @@ def make_preprocessing(train_images_raw, cfg: TrainConfig) -> Preprocessing:
 
 def split_validation(labels, fraction: float, seed: int):
     """Stratified hold-out of `fraction` of the training images (at least one per class)."""
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng([seed, STREAM_VALIDATION])
     labels = np.asarray(labels)
     val = []
     for c in np.unique(labels):
@@ -264,7 +236,7 @@ def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=No
     try:
         samples, class_names = load_dataset(data)
         if shots:
-            rng = np.random.default_rng([cfg.seed, 11])
+            rng = np.random.default_rng([cfg.seed, STREAM_SHOTS])
             picked = []
             for c in class_names:
                 idx = [i for i, s in enumerate(samples) if s.label == c]

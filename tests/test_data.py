@@ -121,3 +121,33 @@ def test_transparency_is_white_in_training_and_slide_reading(tmp_path):
         read = reader.read(0, 0, 64, 64)
     assert (trained[:, :32] == 255).all() and (trained[:, 32:] == 30).all()
     np.testing.assert_array_equal(read, trained)
+
+
+def test_patient_splits_stay_fast_with_many_patients():
+    """40 patients have 2^40 partitions: they are sampled, not listed, and each keeps every class on both sides."""
+    import time
+
+    import numpy as np
+
+    from saganet.study import patient_splits
+
+    rng = np.random.default_rng(0)
+    patients = [f"p{i}" for i in range(40) for _ in range(5)]
+    labels = np.array([i % 3 for i in range(200)])
+    rng.shuffle(labels)
+    t0 = time.perf_counter()
+    splits = patient_splits(labels, patients)
+    assert time.perf_counter() - t0 < 10 and len(splits) > 100
+    for train, test in splits[:50]:
+        assert not train & test and train | test == set(patients)
+        for side in (train, test):
+            assert {int(l) for l, p in zip(labels, patients) if p in side} == {0, 1, 2}
+
+
+def test_patient_splits_of_few_patients_are_all_listed():
+    import numpy as np
+
+    from saganet.study import patient_splits
+
+    labels, patients = np.array([0, 1, 0, 1, 0, 1]), ["a", "a", "b", "b", "c", "c"]
+    assert sorted(sorted(te) for _, te in patient_splits(labels, patients)) == [["a"], ["a", "b"], ["a", "c"], ["b"], ["b", "c"], ["c"]]

@@ -9,6 +9,9 @@ from saganet.bundle import Bundle
 from saganet.engine import BACKENDS, Engine, EngineError, backend_status
 
 CI = __import__("os").environ.get("CI", "").lower() == "true"
+# TensorRT runs an FP16 engine: probabilities within 0.02 of float32 eager (10 bits of mantissa
+# through about 20 layers); the float32 backends are held to 1e-4.
+FP16_ATOL = 2e-2
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,8 @@ def test_backends_report_their_state(fresh_bundle):
     assert list(status) == list(BACKENDS)
     for name in ("torch", "onnxruntime", "aoti"):
         assert status[name] is None, f"{name}: {status[name]}"
-    assert "TensorRT" in status["tensorrt"] or "CUDA" in status["tensorrt"]
+    if status["tensorrt"] is not None:  # where TensorRT is installed it may run; elsewhere it says why not
+        assert "TensorRT" in status["tensorrt"] or "CUDA" in status["tensorrt"]
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
@@ -37,9 +41,10 @@ def test_backend_agrees_with_eager(fresh_bundle, tiles, eager, backend):
             pytest.fail(f"{backend} must be available here: {why}")
         pytest.skip(f"{backend}: {why}")
     pred = Engine(fresh_bundle, backend=backend).classify(tiles, return_gate=True)
-    np.testing.assert_allclose(pred.probs, eager.probs, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(pred.lengths, eager.lengths, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(pred.gate, eager.gate, atol=1e-4, rtol=0)
+    atol = FP16_ATOL if backend == "tensorrt" else 1e-4  # TensorRT builds an FP16 engine
+    np.testing.assert_allclose(pred.probs, eager.probs, atol=atol, rtol=0)
+    np.testing.assert_allclose(pred.lengths, eager.lengths, atol=atol, rtol=0)
+    np.testing.assert_allclose(pred.gate, eager.gate, atol=atol, rtol=0)
     np.testing.assert_array_equal(pred.valid_fraction, eager.valid_fraction)
 
 
@@ -69,7 +74,9 @@ def test_auto_picks_the_fastest_available_and_says_so(fresh_bundle):
     assert e.choice.startswith(f"auto chose {e.backend}, the fastest here")
     for other in usable:  # every candidate was timed, and the choice names them
         assert other in e.choice
-    assert "tensorrt:" in e.choice  # and what was not available, with the reason
+    for name in BACKENDS:  # and what was not available, with the reason
+        if backend_status(fresh_bundle)[name] is not None:
+            assert f"{name}:" in e.choice
 
 
 def test_aoti_package_for_another_cpu_falls_back(fresh_bundle):
@@ -114,8 +121,11 @@ def test_wrong_tiles_are_refused(fresh_bundle, bad, message):
 def test_unknown_or_unavailable_backend(fresh_bundle):
     with pytest.raises(EngineError, match="unknown backend 'tpu'"):
         Engine(fresh_bundle, backend="tpu")
-    with pytest.raises(EngineError, match="backend 'tensorrt' cannot run"):
-        Engine(fresh_bundle, backend="tensorrt")
+    unavailable = [b for b, why in backend_status(fresh_bundle).items() if why is not None]
+    if not unavailable:
+        pytest.skip("every backend runs here")
+    with pytest.raises(EngineError, match=f"backend '{unavailable[0]}' cannot run"):
+        Engine(fresh_bundle, backend=unavailable[0])
 
 
 def test_preprocessing_is_the_training_preprocessing(fresh_bundle, tiles):

@@ -114,7 +114,8 @@ def test_model_entry_point_uses_native_and_agrees(data_dir):
     from shared_data import few_per_class
     from saganet.model import SagaNet, variant_config
     from saganet.config import TrainConfig
-    from saganet.train import make_preprocessing, prepare_images
+    from saganet.train import make_preprocessing
+    from saganet.preprocess import prepare_images
 
     raw, _, _ = few_per_class(data_dir, "lymphoma_iicbu", 1)
     prep = make_preprocessing(raw, TrainConfig())

@@ -14,7 +14,8 @@ from saganet.config import PretrainConfig
 from saganet.pretrain import augment, build_tile_bank, pretrain, read_card
 from saganet.study import run_study
 from saganet.config import TrainConfig
-from saganet.train import fit, make_preprocessing, prepare_images
+from saganet.train import fit, make_preprocessing
+from saganet.preprocess import prepare_images
 
 TINY = PretrainConfig(epochs=2, tile_size=64, crop=32, max_tiles=48, batch_size=16, slide_downsamples=(2,), threads=2,
                       warmup_epochs=1)

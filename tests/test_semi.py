@@ -14,7 +14,8 @@ from saganet.data import load_dataset
 from saganet.semi import DEFAULT_THRESHOLD, pseudo_labels
 from saganet.study import draw_pool_split
 from saganet.config import TrainConfig
-from saganet.train import fit, make_preprocessing, prepare_images
+from saganet.train import fit, make_preprocessing
+from saganet.preprocess import prepare_images
 
 CFG = TrainConfig(epochs=2, crop=64, crops_per_image=4, batch_size=8, threads=2, warmup_epochs=1)
 

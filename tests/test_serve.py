@@ -3,6 +3,7 @@ a full queue, SIGTERM and kill -9 during a slide job."""
 import io
 import time
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -129,12 +130,20 @@ def test_full_queue_answers_503_and_big_uploads_413(tmp_path, tiles):
         assert s.client.post("/v1/slides", files={"file": ("big.svs", b"\x00" * (2 << 20))}).status_code == 413
         assert not any((tmp_path / "state" / "uploads").iterdir())  # nothing half-written is kept
         many = np.concatenate([tiles, tiles])[:5]
-        r = s.client.post("/v1/classify?shape=5,224,224,3", content=many.tobytes(),
-                          headers={"content-type": "application/octet-stream"})
-        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
-        ok = s.client.post("/v1/classify?shape=4,224,224,3", content=many[:4].tobytes(),
-                           headers={"content-type": "application/octet-stream"})
-        assert ok.status_code == 200
+        raw = {"content-type": "application/octet-stream"}
+        r = s.client.post("/v1/classify?shape=5,224,224,3", content=many.tobytes(), headers=raw)
+        assert r.status_code == 413 and "at most 4" in r.text, r.text  # can never fit: not a reason to retry
+        from concurrent.futures import ThreadPoolExecutor
+
+        def four(_):  # concurrent clients fill the queue: the ones that find it full may retry
+            with httpx.Client(base_url=s.url, timeout=60) as c:
+                return c.post("/v1/classify?shape=4,224,224,3", content=many[:4].tobytes(), headers=raw)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(four, range(8)))
+        codes = sorted(a.status_code for a in answers)
+        assert 200 in codes and 503 in codes and set(codes) == {200, 503}, codes
+        assert all(a.headers["retry-after"] == "1" for a in answers if a.status_code == 503)
     finally:
         s.stop()
 

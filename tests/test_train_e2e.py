@@ -14,7 +14,8 @@ from saganet.evaluate import predict
 from saganet.model import saganet_loss
 from saganet.config import TrainConfig
 from saganet.run import load_run
-from saganet.train import _random_crop_batch, fit, make_preprocessing, prepare_images
+from saganet.train import _random_crop_batch, fit, make_preprocessing
+from saganet.preprocess import prepare_images
 
 CFG = TrainConfig(epochs=4, crop=64, crops_per_image=8, batch_size=16, threads=2, warmup_epochs=1)
 
@@ -161,7 +162,7 @@ def test_resume_refuses_other_settings_and_corrupt_checkpoint(tiny, tmp_path):
     imgs, masks, y, classes, prep = tiny
     ck = tmp_path / "ck.pt"
     fit(imgs, masks, y, classes, replace(CFG, epochs=1), prep, checkpoint=ck, log=lambda m: None, progress=False)
-    with pytest.raises(ValueError, match="other training settings"):
+    with pytest.raises(ValueError, match="written with other settings"):
         fit(imgs, masks, y, classes, replace(CFG, epochs=2), prep, checkpoint=ck, log=lambda m: None, progress=False)
     ck.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
