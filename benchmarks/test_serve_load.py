@@ -93,3 +93,28 @@ def test_http_overhead_at_batch_32(benchmark, servers, tiles):
     over_http = 32 / benchmark.stats.stats.mean
     benchmark.extra_info.update(in_process_tiles_per_s=round(in_process, 1), http_tiles_per_s=round(over_http, 1),
                                 http_over_in_process=round(over_http / in_process, 3))
+
+
+def test_32_single_tile_clients_against_the_engine_in_process(benchmark, servers, tiles):
+    """Issue 14's target: the server's throughput under 32 single-tile clients >= 0.8 of
+    Engine.classify at batch 32 in-process, measured side by side (in-process, load, in-process)."""
+    from saganet.engine import Engine
+
+    engine = Engine(DEMO_BUNDLE, backend=BACKEND, threads=2)
+    engine.classify(tiles)
+
+    def in_process(seconds=3.0):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            engine.classify(tiles)
+            n += len(tiles)
+        return n / (time.perf_counter() - t0)
+
+    before = in_process()
+    result = {}
+    benchmark.pedantic(lambda: result.update(asyncio.run(_load(servers["batching"].url, tiles, 32, LOAD_SECONDS))),
+                       rounds=1, iterations=1)
+    after = in_process()
+    engine_rate = (before + after) / 2
+    benchmark.extra_info.update(engine_batch32_tiles_per_s=round(engine_rate, 1), **result,
+                                server_over_engine=round(result["tiles_per_s"] / engine_rate, 3))

@@ -12,7 +12,8 @@ from shared_data import few_per_class
 from saganet.data import load_dataset, load_images
 from saganet.model import SagaNet, saganet_loss, variant_config
 from saganet.config import TrainConfig
-from saganet.train import _random_crop_batch, make_preprocessing, prepare_images
+from saganet.train import _random_crop_batch, make_preprocessing
+from saganet.preprocess import prepare_images
 
 BATCH, CROP = 32, 64
 

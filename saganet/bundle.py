@@ -8,7 +8,7 @@
     BUNDLE/model.pt2            AOTInductor package for this CPU, calling the fused gate_mask_pool op
     BUNDLE/card.md              the model card (what it was trained on, licence, intended use)
 
-saganet/export.py writes bundles; this module defines the format and reads it (csrc/manifest.cpp
+saganet/export.py writes bundles; this module defines the format and reads it (csrc/engine/manifest.cpp
 reads the same manifest for the native engine). Every exported graph takes `image` (N,3,T,T) normalised float32 and `mask` (N,1,T,T) valid-area
 mask in {0,1}, and returns `probs` (N,K), `scores` (N,K; class-vector lengths for the length
 head) and `gate` (N,1,h,w). Preprocessing is not in the graphs: the engine does it, identically
@@ -187,7 +187,7 @@ class Bundle:
 
 def _require_regular(path: Path, missing: str) -> None:
     """A bundle file is a regular file inside the bundle: a symbolic link could lead out of it, and a
-    FIFO or a device (/dev/zero) would block or never end a read. (csrc/engine.cpp does the same.)"""
+    FIFO or a device (/dev/zero) would block or never end a read. (csrc/engine/native_engine.cpp does the same.)"""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:

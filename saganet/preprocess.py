@@ -61,7 +61,7 @@ class Preprocessing:
     def normalise(self, rgb01):
         """(N,3,H,W) float32 RGB in [0,1], numpy or torch -> (x - mean) / std per channel.
 
-        The one normalisation of training, evaluation, pretraining and the engines (csrc/preprocess.cpp
+        The one normalisation of training, evaluation, pretraining and the engines (csrc/engine/preprocess.cpp
         computes the same float32 operations in the same order, so the bits agree)."""
         mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)

@@ -44,7 +44,7 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
 
 def tissue_pixels(rgb: np.ndarray, tissue_od: float) -> np.ndarray:
     """Summed optical density above `tissue_od`: tissue, not glass or fat. The densities come from a
-    table of correctly rounded values, so that the C++ preprocessing (csrc/preprocess.cpp) gets the
+    table of correctly rounded values, so that the C++ preprocessing (csrc/engine/preprocess.cpp) gets the
     same bits; +1/256 keeps the log finite on black pixels."""
     od = _OD_TABLE[rgb]
     return (od[..., 0] + od[..., 1]) + od[..., 2] > np.float32(tissue_od)
@@ -54,7 +54,7 @@ FOCUS_PERCENTILE = 0.75
 
 
 def focus_threshold(energy: np.ndarray, tissue: np.ndarray, config: MaskConfig) -> np.float32:
-    """The gradient-energy threshold of an image (float32, as csrc/preprocess.cpp computes it).
+    """The gradient-energy threshold of an image (float32, as csrc/engine/preprocess.cpp computes it).
 
     The percentile is a rank (the k-th smallest tissue energy, k = floor(0.75 (n - 1))) rather than an
     interpolation, so that C++ gets the same bits with nth_element."""
@@ -76,7 +76,7 @@ def mask_components(rgb: np.ndarray, config: MaskConfig = MaskConfig()) -> dict[
     rgbf = rgb.astype(np.float32) / 255.0
     tissue = tissue_pixels(rgb, config.tissue_od)
 
-    # Explicit products and sums in a fixed order (csrc/preprocess.cpp does the same): a matmul lets
+    # Explicit products and sums in a fixed order (csrc/engine/preprocess.cpp does the same): a matmul lets
     # BLAS choose fused multiply-adds and summation order, and the bits would rest on that choice.
     grey = (rgbf[..., 0] * np.float32(0.299) + rgbf[..., 1] * np.float32(0.587)) + rgbf[..., 2] * np.float32(0.114)
     gy, gx = np.gradient(grey)

@@ -20,7 +20,8 @@ from saganet.data import load_dataset, load_images
 from saganet.evaluate import classification_metrics, predict
 from saganet.study import draw_split
 from saganet.config import TrainConfig
-from saganet.train import fit, make_preprocessing, prepare_images
+from saganet.train import fit, make_preprocessing
+from saganet.preprocess import prepare_images
 
 
 def main():

@@ -17,7 +17,8 @@ from saganet.data import load_dataset, load_images  # noqa: E402
 from saganet.preprocess import Preprocessing, channel_stats  # noqa: E402
 from saganet.study import draw_split  # noqa: E402
 from saganet.config import TrainConfig  # noqa: E402
-from saganet.train import fit, prepare_images  # noqa: E402
+from saganet.train import fit  # noqa: E402
+from saganet.preprocess import prepare_images  # noqa: E402
 
 SETS = [("lymphoma_iicbu", 20, ["CLL", "FL", "MCL"]), ("crc_val_he_7k_test70", 5, ["ADI", "STR", "TUM"])]
 

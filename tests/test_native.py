@@ -186,3 +186,14 @@ def test_aot_inductor_package_calls_the_op(tmp_path):
     for b in (1, 3, 5):  # dynamic batch
         fb, mb = torch.randn(b, 16, 7, 9), torch.rand(b, 1, 7, 9)
         torch.testing.assert_close(compiled(fb, mb), model(fb, mb), rtol=1e-5, atol=1e-6)
+
+
+@native
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_opcheck(layout):
+    """torch.library.opcheck: schema, fake (meta) kernel, autograd registration and AOT dispatch agree."""
+    f, g, m = _inputs((2, 6, 5, 4), layout, False)
+    f.requires_grad_(True)
+    g.requires_grad_(True)
+    torch.library.opcheck(torch.ops.saganet.gate_mask_pool.default, (f, g, m, 1e-6))
+    torch.library.opcheck(torch.ops.saganet.gate_mask_pool.default, (f.float().detach(), g.float().detach(), m.float(), 1e-6))

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "manifest.h"
-#include "preprocess.h"
+#include "engine/manifest.h"
+#include "engine/preprocess.h"
 #include "saganet/saganet.h"
 #include "saganet/saganet.hpp"
 

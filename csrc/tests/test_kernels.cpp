@@ -6,7 +6,7 @@
 #include <random>
 #include <vector>
 
-#include "gate_mask_pool.h"
+#include "kernels/gate_mask_pool.h"
 #include "saganet/saganet.h"
 #include "saganet/saganet.hpp"
 

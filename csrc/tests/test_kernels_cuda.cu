@@ -10,7 +10,7 @@
 #include <random>
 #include <vector>
 
-#include "gate_mask_pool.h"
+#include "kernels/gate_mask_pool.h"
 
 #define CUDA_OK(x)                                                                          \
   do {                                                                                      \

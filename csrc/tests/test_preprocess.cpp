@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "preprocess.h"
+#include "engine/preprocess.h"
 
 static int failures = 0;
 #define CHECK(cond)                                                   \

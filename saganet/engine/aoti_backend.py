@@ -27,7 +27,7 @@ def unavailable(bundle) -> str | None:
 
 def check_package_tile(metadata: dict, bundle) -> None:
     """The compiled package reads tiles of the size it was compiled for whatever it is given: it must
-    be the manifest's (csrc/engine.cpp checks the same)."""
+    be the manifest's (csrc/engine/native_engine.cpp checks the same)."""
     recorded = metadata.get(PACKAGE_TILE_KEY)
     if recorded is None:
         raise BundleError(f"{bundle.file('model.pt2')}: does not record the tile size it was compiled for (exported "

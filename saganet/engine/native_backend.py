@@ -1,4 +1,4 @@
-"""The native C++ engine (csrc/engine.cpp) through the pybind11 module saganet._C: the same
+"""The native C++ engine (csrc/engine/native_engine.cpp) through the pybind11 module saganet._C: the same
 AOTInductor package and the same preprocessing as the C API gives scanners, written in C++."""
 from __future__ import annotations
 

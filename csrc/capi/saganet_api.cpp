@@ -5,7 +5,7 @@
 #include <limits>
 #include <string>
 
-#include "gate_mask_pool.h"
+#include "kernels/gate_mask_pool.h"
 #include "saganet/saganet.h"
 #include "saganet/saganet.hpp"
 

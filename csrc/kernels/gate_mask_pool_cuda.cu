@@ -1,7 +1,7 @@
 // CUDA kernels for gate-mask pooling: F read once, 16-byte loads where the layout allows,
 // warp/block reductions, float32 accumulation for float32, float16 and bfloat16 inputs, launched on
 // the caller's stream. No libtorch: see gate_mask_pool.h for the contract.
-#include "gate_mask_pool.h"
+#include "kernels/gate_mask_pool.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

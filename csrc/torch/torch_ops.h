@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-#include "gate_mask_pool.h"
+#include "kernels/gate_mask_pool.h"
 
 namespace saganet {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "preprocess.h"  // MaskConfig
+#include "engine/preprocess.h"  // MaskConfig
 
 namespace saganet {
 

@@ -1,9 +1,9 @@
-// The native engine over a bundle (see engine.h). The bundle format is saganet/bundle.py's:
+// The native engine over a bundle (see native_engine.h). The bundle format is saganet/bundle.py's:
 // manifest.json with sha256 of every file, and model.pt2, an AOTInductor package whose graph
 // calls saganet::gate_mask_pool. That op is registered by libsaganet_torch, which this library
 // links with --no-as-needed: it must be loaded before the package, or the package loader fails
 // with "Could not find schema for saganet::gate_mask_pool".
-#include "engine.h"
+#include "engine/native_engine.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,8 +21,8 @@
 #include <set>
 #include <sstream>
 
-#include "manifest.h"
-#include "preprocess.h"
+#include "engine/manifest.h"
+#include "engine/preprocess.h"
 #include "saganet/saganet.hpp"
 
 extern "C" uint64_t saganet_torch_cpu_forward_calls(void);

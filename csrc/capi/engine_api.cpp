@@ -4,7 +4,7 @@
 #include <exception>
 #include <new>
 
-#include "engine.h"
+#include "engine/native_engine.h"
 #include "saganet/engine.h"
 #include "saganet/saganet.hpp"
 

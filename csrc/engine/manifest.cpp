@@ -1,5 +1,5 @@
 // Parsing and checking a bundle manifest (see manifest.h).
-#include "manifest.h"
+#include "engine/manifest.h"
 
 #include <cmath>
 #include <nlohmann/json.hpp>

@@ -7,7 +7,7 @@
 //   valid    = tissue & focus & cellular, then components (4-connected) of <= min_region pixels
 //              removed, then holes of <= min_region pixels filled (skimage remove_small_*).
 // Built with -ffp-contract=off: numpy rounds every multiply and add, so must we.
-#include "preprocess.h"
+#include "engine/preprocess.h"
 
 #include <algorithm>
 #include <cmath>

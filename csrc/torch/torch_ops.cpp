@@ -1,6 +1,6 @@
 // PyTorch integration: the saganet::gate_mask_pool op (schema, CPU and Meta kernels). The CUDA
 // kernels register in torch_ops_cuda.cpp; autograd and the Python wrapper live in saganet/ops.py.
-#include "torch_ops.h"
+#include "torch/torch_ops.h"
 
 #include <torch/library.h>
 
@@ -9,7 +9,8 @@
 namespace saganet {
 namespace {
 // Calls of the CPU forward kernel: lets the engine's tests prove that a compiled model runs the
-// fused op (and not a decomposition of it).
+// fused op (and not a decomposition of it). Deliberately kept in production: one relaxed atomic
+// increment per op call (not per element), a few nanoseconds against the kernel's microseconds.
 std::atomic<uint64_t> cpu_forward_calls{0};
 }  // namespace
 

@@ -4,7 +4,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "torch_ops.h"
+#include "torch/torch_ops.h"
 
 namespace saganet {
 namespace {

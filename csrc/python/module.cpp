@@ -5,11 +5,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "gate_mask_pool.h"
-#include "preprocess.h"
+#include "kernels/gate_mask_pool.h"
+#include "engine/preprocess.h"
 #include "saganet/saganet.hpp"
 #ifdef SAGANET_WITH_ENGINE
-#include "engine.h"
+#include "engine/native_engine.h"
 #endif
 
 namespace py = pybind11;

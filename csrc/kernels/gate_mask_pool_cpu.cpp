@@ -8,7 +8,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "gate_mask_pool.h"
+#include "kernels/gate_mask_pool.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(SAGANET_NO_CLONES)
 #define SAGANET_CLONES __attribute__((target_clones("arch=haswell", "default")))  // AVX2 + FMA, or baseline
@@ -254,16 +254,5 @@ void gate_mask_pool_backward_cpu(const GateMaskPoolArgs& a, const void* grad_z, 
     case DType::Float16: break;
   }
 }
-
-#ifndef SAGANET_WITH_CUDA
-bool cuda_compiled() { return false; }
-std::string gate_mask_pool_forward_cuda(const GateMaskPoolArgs&, float*, float*, float*, void*) {
-  return "saganet was built without CUDA";
-}
-std::string gate_mask_pool_backward_cuda(const GateMaskPoolArgs&, const float*, const float*, void*, const View4&, float*,
-                                         float*, void*) {
-  return "saganet was built without CUDA";
-}
-#endif
 
 }  // namespace saganet
