@@ -178,3 +178,19 @@ def test_auto_remembers_its_choice_per_model_and_machine(fresh_bundle, tmp_path)
     cache.write_text("{not json")  # a damaged cache: time again, and write a good one
     assert Engine(fresh_bundle, backend="auto", choice_cache=cache).choice.startswith("auto chose")
     assert first.backend in cache.read_text()
+
+
+def test_the_engine_chunks_to_the_backend_batch_limit(fresh_bundle, tiles):
+    """Batches larger than a backend's max_batch are split once, in Engine.run, for every backend."""
+    e = Engine(fresh_bundle, backend="onnxruntime")
+    whole = e.classify(tiles[:5]).probs
+    calls = []
+    run = e._run.__call__
+
+    def spy(image, mask):
+        calls.append(len(image))
+        return run(image, mask)
+
+    e._run = type("Small", (), {"max_batch": 2, "preprocess": None, "__call__": lambda self, i, m: spy(i, m)})()
+    np.testing.assert_allclose(e.classify(tiles[:5]).probs, whole, atol=1e-6)
+    assert calls == [2, 2, 1]

@@ -38,6 +38,9 @@ def check_package_tile(metadata: dict, bundle) -> None:
 
 
 class Backend:
+    max_batch = MAX_BATCH  # the exported graph's batch range
+    preprocess = None
+
     def __init__(self, bundle, threads: int | None):
         if threads:
             torch.set_num_threads(threads)
@@ -46,9 +49,6 @@ class Backend:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray):
         # The compiled code does not check shapes (AOTI_RUNTIME_CHECK_INPUTS is off): the engine
-        # has checked the tile size; the batch must stay inside the exported range.
-        outs = []
-        for s in range(0, len(image), MAX_BATCH):
-            with torch.inference_mode():
-                outs.append(self.model(torch.from_numpy(image[s:s + MAX_BATCH]), torch.from_numpy(mask[s:s + MAX_BATCH])))
-        return tuple(np.concatenate([o[i].numpy() for o in outs]) for i in range(3))
+        # has checked the tile size and keeps the batch inside the exported range (max_batch).
+        with torch.inference_mode():
+            return tuple(o.numpy() for o in self.model(torch.from_numpy(image), torch.from_numpy(mask)))

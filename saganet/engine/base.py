@@ -2,18 +2,18 @@
 
 A backend is one small module (torch_backend.py, onnxruntime_backend.py, ...) with
 `unavailable(bundle) -> str | None` (why it cannot run here, or None) and a `Backend(bundle,
-threads)` class whose instances map (image, mask) float32 arrays to (probs, scores, gate).
-"Not available here" is a state a backend reports, never an exception in the middle of a request.
+threads)` class that is a `BackendRunner` (below). "Not available here" is a state a backend
+reports, never an exception in the middle of a request.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -21,11 +21,25 @@ from ..atomic import atomic_write_text
 from ..bundle import Bundle, BundleError, load_bundle
 from ..config import BACKENDS
 from ..tissue import valid_area_mask
+from . import aoti_backend, native_backend, onnxruntime_backend, tensorrt_backend, torch_backend
 
 # Every backend (config.BACKENDS); "auto" times the available ones on a probe batch and keeps the
 # fastest, since which one wins depends on the model and the CPU (docs/performance.md).
-_MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend", "aoti": "aoti_backend",
-            "native": "native_backend", "tensorrt": "tensorrt_backend"}
+_MODULES = {"tensorrt": tensorrt_backend, "native": native_backend, "aoti": aoti_backend,
+            "onnxruntime": onnxruntime_backend, "torch": torch_backend}
+assert tuple(_MODULES) == BACKENDS
+
+
+class BackendRunner(Protocol):
+    """What a backend module's `Backend(bundle, threads)` is."""
+
+    max_batch: int  # the most tiles one call takes (its exported batch range); Engine.run chunks to it
+    # uint8 tiles -> (image, mask) in its own code, the same bits as preprocess_tiles, using every
+    # core (the native engine's C++); None: the Engine's Python preprocessing
+    preprocess: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """float32 image (N,3,T,T) and mask (N,1,T,T), N <= max_batch -> probs, scores, gate."""
 
 
 def default_choice_cache() -> Path:
@@ -59,16 +73,12 @@ class EngineError(ValueError):
     """Input the engine refuses, or a backend that cannot be used; the message says which and why."""
 
 
-def _module(name: str):
-    return importlib.import_module(f".{_MODULES[name]}", __package__)
-
-
 def backend_status(bundle: Bundle) -> dict[str, str | None]:
     """{backend: None if it can run this bundle here, else the reason it cannot}."""
     status = {}
     for name in BACKENDS:
         try:
-            status[name] = _module(name).unavailable(bundle)
+            status[name] = _MODULES[name].unavailable(bundle)
         except Exception as e:  # a broken optional library is a reason, not a crash
             status[name] = f"{type(e).__name__}: {e}"
     return status
@@ -109,7 +119,7 @@ class Engine:
             raise EngineError(f"backend {backend!r} cannot run {self.bundle.path} here: {self.status[backend]}")
         else:
             self.backend, self.choice = backend, f"{backend} (asked for)"
-            self._run = _module(backend).Backend(self.bundle, threads)
+            self._run = _MODULES[backend].Backend(self.bundle, threads)
 
     def _remembered(self, cache, threads):
         """The backend chosen before for this model and machine, loaded; None if there is none,
@@ -122,7 +132,7 @@ class Engine:
         if name not in BACKENDS or self.status[name] is not None:
             return None
         try:
-            run = _module(name).Backend(self.bundle, threads)
+            run = _MODULES[name].Backend(self.bundle, threads)
         except Exception:
             return None
         return name, run, (f"auto: {name}, remembered from {entry.get('choice', 'an earlier timing')} "
@@ -158,11 +168,11 @@ class Engine:
         speed, loaded = {}, {}
         for name in usable:
             try:
-                run = _module(name).Backend(self.bundle, threads)
+                run = _MODULES[name].Backend(self.bundle, threads)
             except Exception as e:  # one backend that fails to load must not stop the others
                 self.status[name] = f"failed to load: {type(e).__name__}: {e}"
                 continue
-            prep = getattr(run, "preprocess", None) or (lambda x: preprocess_tiles(x, self.preprocessing))
+            prep = run.preprocess or (lambda x: preprocess_tiles(x, self.preprocessing))
 
             def classify():  # what classify costs with this backend: its preprocessing, then the network
                 run(*prep(tiles))
@@ -185,7 +195,7 @@ class Engine:
     def preprocesses_in_parallel(self) -> bool:
         """True when preprocessing uses every core (the native engine's C++), False when it is
         single-threaded Python."""
-        return hasattr(self._run, "preprocess")
+        return self._run.preprocess is not None
 
     @property
     def tile_size(self) -> int:
@@ -210,12 +220,15 @@ class Engine:
     def preprocess(self, tiles) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N,T,T,3) -> normalised image (N,3,T,T) and valid-area mask (N,1,T,T), float32."""
         tiles = self.check_tiles(tiles)
-        own = getattr(self._run, "preprocess", None)  # the native engine preprocesses in C++ (same bits)
+        own = self._run.preprocess  # the native engine preprocesses in C++ (same bits)
         return own(tiles) if own else preprocess_tiles(tiles, self.preprocessing)
 
     def run(self, image: np.ndarray, mask: np.ndarray, return_gate: bool = False) -> Prediction:
         """The network on preprocessed arrays (as from `preprocess`)."""
-        probs, scores, gate = self._run(np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.float32))
+        image, mask = np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.float32)
+        step = self._run.max_batch
+        parts = [self._run(image[s:s + step], mask[s:s + step]) for s in range(0, len(image), step)]
+        probs, scores, gate = parts[0] if len(parts) == 1 else (np.concatenate([p[i] for p in parts]) for i in range(3))
         if probs.ndim != 2 or probs.shape[1] != len(self.class_names):
             raise BundleError(f"{self.bundle.path}: the network gives {probs.shape[-1]} class scores but the manifest "
                               f"names {len(self.class_names)} classes; the bundle is inconsistent")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..bundle import BundleError
 from .aoti_backend import unavailable as _aoti_unavailable
-from .base import EngineError
 
 
 def unavailable(bundle) -> str | None:
@@ -31,9 +31,11 @@ class Backend:
         try:
             self.engine = _C.Engine(str(bundle.path), threads or 0)
         except ValueError as e:
-            raise EngineError(str(e)) from None
+            raise BundleError(str(e)) from None  # the C++ checks refused the bundle
 
-    def preprocess(self, tiles: np.ndarray):
+        self.max_batch = int(bundle.manifest.formats["aoti"].get("max_batch", 1024))
+
+    def preprocess(self, tiles: np.ndarray):  # in C++, on every core
         return self.engine.preprocess(np.ascontiguousarray(tiles))
 
     def __call__(self, image: np.ndarray, mask: np.ndarray):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..bundle import MAX_BATCH
+
 
 def unavailable(bundle) -> str | None:
     if not bundle.has("onnx"):
@@ -15,6 +17,9 @@ def unavailable(bundle) -> str | None:
 
 
 class Backend:
+    max_batch = MAX_BATCH  # the exported graph's batch range
+    preprocess = None
+
     def __init__(self, bundle, threads: int | None):
         import onnxruntime as ort
 

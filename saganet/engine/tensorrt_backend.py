@@ -25,6 +25,9 @@ def unavailable(bundle) -> str | None:
 
 
 class Backend:
+    max_batch = MAX_BATCH  # the optimisation profile's range
+    preprocess = None
+
     def __init__(self, bundle, threads: int | None):
         import tensorrt as trt
 
@@ -50,12 +53,6 @@ class Backend:
         self.stream = torch.cuda.Stream()
 
     def __call__(self, image: np.ndarray, mask: np.ndarray):
-        outs = []
-        for s in range(0, len(image), MAX_BATCH):
-            outs.append(self._batch(image[s:s + MAX_BATCH], mask[s:s + MAX_BATCH]))
-        return tuple(np.concatenate([o[i] for o in outs]) for i in range(3))
-
-    def _batch(self, image, mask):
         with torch.cuda.stream(self.stream):
             inputs = {"image": torch.from_numpy(image).cuda(non_blocking=True),
                       "mask": torch.from_numpy(mask).cuda(non_blocking=True)}

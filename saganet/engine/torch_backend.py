@@ -10,6 +10,9 @@ def unavailable(bundle) -> str | None:
 
 
 class Backend:
+    max_batch = 1024  # any size runs; chunks bound the activations' memory
+    preprocess = None
+
     def __init__(self, bundle, threads: int | None):
         if threads:
             torch.set_num_threads(threads)
