@@ -33,7 +33,8 @@ from .config import PRETRAIN_METHODS, MaskConfig, PretrainConfig
 from .data import IMAGE_EXTENSIONS, load_image
 from .model.backbone import ResNet, backbone_config
 from .preprocess import Preprocessing, channel_stats
-from .slide import is_slide, open_slide, read_rgb, tissue_tiles
+from .slide.reader import OpenSlideReader, is_slide, thumbnail_tissue
+from .slide.tiler import tile_grid
 from .tissue import mask_components
 from .training import STREAM_TILE_BANK, epoch_seed, load_checkpoint, save_checkpoint, warmup_cosine
 
@@ -66,12 +67,6 @@ def _tissue_fraction(rgb: np.ndarray) -> float:
     return float(mask_components(rgb, MaskConfig(focus_min=0.0, cell_density_min=-1.0, min_region=0))["tissue"].mean())
 
 
-def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-
-
 def build_tile_bank(sources, cfg: PretrainConfig, log=print, skip_bad: bool = True):
     """uint8 (N, T, T, 3) tissue tiles, per-source records and skipped files (path, reason).
     skip_bad=False: the first unreadable file raises ValueError naming it.
@@ -85,12 +80,12 @@ def build_tile_bank(sources, cfg: PretrainConfig, log=print, skip_bad: bool = Tr
     for path, kind, source in find_sources(sources):
         try:
             if kind == "slide":
-                with open_slide(path) as slide:
+                with OpenSlideReader(path) as reader:  # the prediction's reader and tile grid
+                    tissue = thumbnail_tissue(reader.thumbnail())
                     n0 = len(candidates)
-                    for ds in cfg.slide_downsamples:
-                        # Read at level 0 and shrink: exact downsample whatever levels the slide has.
-                        coords = tissue_tiles(slide, path, t * ds)
-                        candidates += [(len(records), "slide", path, (x, y, ds)) for x, y in coords]
+                    for ds in cfg.slide_downsamples:  # tiles of t * ds level-0 px, shrunk to t
+                        grid = tile_grid(reader.dimensions, 1.0, float(ds), t, tissue, min_tissue=0.5)
+                        candidates += [(len(records), "slide", path, (*grid.origin(i), ds)) for i in range(len(grid.cells))]
                     records.append({"path": path, "kind": kind, "source": source, "candidates": len(candidates) - n0})
             else:
                 h, w = load_image(path).shape[:2]
@@ -116,9 +111,8 @@ def build_tile_bank(sources, cfg: PretrainConfig, log=print, skip_bad: bool = Tr
                 if kind == "slide":
                     x, y, ds = where
                     if path not in handles:
-                        handles[path] = open_slide(path)
-                    tile = read_rgb(handles[path], path, x, y, 0, t * ds, t * ds)
-                    tile = _resize(tile, t) if ds != 1 else tile
+                        handles[path] = OpenSlideReader(path)
+                    tile = handles[path].read(x, y, t * ds, t)
                 else:
                     if path != cache_path:
                         cache_path, cache_img = path, load_image(path)

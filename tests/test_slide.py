@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from saganet.slide import SlideError, is_slide, open_reader, open_slide, read_rgb, tissue_tiles
+from saganet.slide import SlideError, is_slide, open_reader, open_slide, thumbnail_tissue, tile_grid
 
 
 def test_mpp_from_the_slide_when_it_records_it(data_dir):
@@ -18,14 +18,14 @@ def test_mpp_from_the_slide_when_it_records_it(data_dir):
     assert mpp_problem(True) and mpp_problem("0.5") and mpp_problem(101)
 
 
-def test_tissue_tiles_are_tissue(data_dir):
-    path = data_dir / "wsi" / "cmu_small_region.svs"
-    with open_slide(path) as s:
-        coords = tissue_tiles(s, path, 256)
-        assert 0 < len(coords) < (2220 // 256) * (2967 // 256)  # glass tiles are left out
-        tiles = [read_rgb(s, path, x, y, 0, 256, 256) for x, y in coords[:5]]
-        sub = tissue_tiles(s, path, 256, max_tiles=3, rng=np.random.default_rng(0))
-    assert len(sub) == 3 and set(sub) <= set(coords)
+def test_the_tile_grid_keeps_tissue(data_dir):
+    """The one tile grid (prediction and pretraining): tiles where the thumbnail shows tissue."""
+    with open_reader(data_dir / "wsi" / "cmu_small_region.svs") as r:
+        grid = tile_grid(r.dimensions, 1.0, 1.0, 256, thumbnail_tissue(r.thumbnail()), min_tissue=0.5)
+        assert 0 < len(grid.cells) < (2220 // 256) * (2967 // 256)  # glass tiles are left out
+        tiles = [r.read(*grid.origin(i), 256, 256) for i in range(5)]
+        half = tile_grid(r.dimensions, 1.0, 2.0, 128, thumbnail_tissue(r.thumbnail()), min_tissue=0.5)
+    assert half.size0 == 256 and {tuple(c) for c in half.cells} == {tuple(c) for c in grid.cells}
     assert all(t.shape == (256, 256, 3) and t.dtype == np.uint8 and t.mean() < 225 for t in tiles)
 
 
@@ -38,9 +38,6 @@ def test_bad_slides_name_the_file(tmp_path, data_dir):
         open_slide(bad)
     png = next((data_dir / "lymphoma_iicbu" / "CLL").glob("*.png"))
     assert is_slide(data_dir / "wsi" / "cmu_small_region.svs") and not is_slide(png)
-    with open_slide(data_dir / "wsi" / "cmu_small_region.svs") as s:
-        with pytest.raises(SlideError, match="level 3 does not exist"):
-            tissue_tiles(s, "cmu", 256, level=3)
 
 
 def test_plain_image_over_the_pixel_limit_is_refused_by_name(tmp_path):

@@ -77,42 +77,6 @@ def thumbnail_tissue(thumb: np.ndarray) -> np.ndarray:
     return tissue_pixels(thumb, MaskConfig().tissue_od)
 
 
-def tissue_thumbnail_mask(slide, path, max_side: int = 1024) -> tuple[np.ndarray, float]:
-    """Tissue (not glass) mask of a thumbnail and the thumbnail's downsample from level 0."""
-    w, h = slide.dimensions
-    ds = max(w, h) / max_side if max(w, h) > max_side else 1.0
-    try:
-        thumb = np.asarray(slide.get_thumbnail((max(1, int(w / ds)), max(1, int(h / ds)))).convert("RGB"))
-    except Exception as e:
-        raise SlideError(f"{path}: cannot read a thumbnail ({e})") from None
-    return thumbnail_tissue(thumb), w / thumb.shape[1]
-
-
-def tissue_tiles(slide, path, tile: int, level: int = 0, min_tissue: float = 0.5, max_tiles: int | None = None,
-                 rng: np.random.Generator | None = None) -> list[tuple[int, int]]:
-    """Level-0 (x, y) corners of a non-overlapping grid of `tile`-px tiles at `level` whose area is at
-    least `min_tissue` tissue on the thumbnail mask; a random subset of `max_tiles` when given."""
-    if level < 0 or level >= slide.level_count:
-        raise SlideError(f"{path}: level {level} does not exist (the slide has {slide.level_count})")
-    mask, ds = tissue_thumbnail_mask(slide, path)
-    down = slide.level_downsamples[level]
-    w, h = slide.level_dimensions[level]
-    step0 = tile * down  # tile edge in level-0 pixels
-    coords = []
-    for ty in range(h // tile):
-        for tx in range(w // tile):
-            x0, y0 = tx * step0, ty * step0
-            r0, r1 = int(y0 / ds), max(int(y0 / ds) + 1, int((y0 + step0) / ds))
-            c0, c1 = int(x0 / ds), max(int(x0 / ds) + 1, int((x0 + step0) / ds))
-            if mask[r0:r1, c0:c1].mean() >= min_tissue:
-                coords.append((int(round(x0)), int(round(y0))))
-    if max_tiles is not None and len(coords) > max_tiles:
-        rng = rng or np.random.default_rng(0)
-        keep = np.sort(rng.choice(len(coords), size=max_tiles, replace=False))
-        coords = [coords[i] for i in keep]
-    return coords
-
-
 PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 # A plain image is decoded whole (PNG and JPEG cannot be read by region): 0.5 GB of RGB at this
 # limit, which is Pillow's own decompression-bomb limit. Larger images belong in a pyramid TIFF,
