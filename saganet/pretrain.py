@@ -36,7 +36,7 @@ from .preprocess import Preprocessing, channel_stats
 from .slide.reader import OpenSlideReader, is_slide, thumbnail_tissue
 from .slide.tiler import tile_grid
 from .tissue import mask_components
-from .training import STREAM_TILE_BANK, epoch_seed, load_checkpoint, save_checkpoint, warmup_cosine
+from .training import STREAM_TILE_BANK, epoch_seed, load_checkpoint, progress_bar, save_checkpoint, warmup_cosine
 
 CARD_FORMAT = "saganet-encoder"
 CARD_VERSION = 1
@@ -272,11 +272,10 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
     model = SelfSupervised(cfg)
     params = [p for name, p in model.named_parameters() if not name.startswith("target.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = n // batch
+    steps = n // batch  # per epoch
     if cfg.steps:
-        cfg = replace(cfg, epochs=max(cfg.warmup_epochs + 1, math.ceil(cfg.steps / steps_per_epoch)))
-    total, warm = steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs
-    sched = warmup_cosine(opt, warm, total)
+        cfg = replace(cfg, epochs=max(cfg.warmup_epochs + 1, math.ceil(cfg.steps / steps)))
+    sched = warmup_cosine(opt, steps * cfg.warmup_epochs, steps * cfg.epochs)
     settings = {k: v for k, v in cfg.to_dict().items() if k != "threads"}  # threads change speed, not results
     fingerprint = {"settings": settings, "tiles": n, "sources": [r["path"] for r in records],
                    "bank_checksum": int(bank[:, ::8, ::8].astype(np.int64).sum())}
@@ -284,42 +283,18 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
     start, history, seconds = 0, [], 0.0
     state = load_checkpoint(ckpt, fingerprint)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        for part, obj in (("model", model), ("optimizer", opt), ("scheduler", sched)):
+            obj.load_state_dict(state[part])
         start, history, seconds = int(state["epoch"]), json.loads(state["history"]), float(state["seconds"])
         log(f"resumed from {ckpt} after epoch {start}")
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=start * steps_per_epoch, desc=f"pretrain {cfg.method}", unit="step", leave=False)
+    bar = progress_bar(progress, steps * cfg.epochs, start * steps, f"pretrain {cfg.method}", "step")
     bank_t = torch.from_numpy(bank)
     for epoch in range(start, cfg.epochs):
-        rng = np.random.default_rng([cfg.seed, epoch])
-        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-        order = torch.from_numpy(rng.permutation(n))
-        model.train()
-        t0, loss_sum = time.time(), 0.0
-        for s in range(steps_per_epoch):
-            tiles = bank_t[order[s * batch:(s + 1) * batch]]
-            v1, v2 = augment(tiles, cfg, gen, mean, std), augment(tiles, cfg, gen, mean, std)
-            loss = model.loss(v1, v2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step = epoch * steps_per_epoch + s + 1
-            model.update_target(1 - (1 - cfg.ema) * (math.cos(math.pi * step / total) + 1) / 2)
-            loss_value = loss.item()
-            loss_sum += loss_value
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}")
+        t0 = time.time()
+        loss = _pretrain_epoch(model, opt, sched, bank_t, cfg, epoch, steps, batch, (mean, std), bar)
         seconds += time.time() - t0
-        rec = {"epoch": epoch + 1, "loss": loss_sum / steps_per_epoch, "seconds": round(time.time() - t0, 1),
-               "tiles_seen": (epoch + 1) * steps_per_epoch * batch}
+        rec = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 1), "tiles_seen": (epoch + 1) * steps * batch}
         history.append(rec)
         if snapshot_every and (epoch + 1) % snapshot_every == 0 and epoch + 1 < cfg.epochs:
             save_encoder(out.with_name(f"{out.stem}-epoch{epoch + 1:03d}.safetensors"), model.backbone)
@@ -332,10 +307,36 @@ def pretrain(sources, out, cfg: PretrainConfig, snapshot_every: int = 0, log=pri
     save_encoder(out, model.backbone)
     card = {"format": CARD_FORMAT, "format_version": CARD_VERSION, "method": cfg.method, "backbone": cfg.backbone,
             "backbone_config": backbone_config(cfg.backbone).to_dict(), "config": cfg.to_dict(),
-            "inputs": summarise_sources(sources, records, skipped), "sources": records, "skipped": skipped, "tiles": n, "views_seen": 2 * steps_per_epoch * batch * cfg.epochs,
-            "batch_size": batch, "steps": total, "train_seconds": round(seconds, 1),
-            "train_hours": round(seconds / 3600, 4), "normalisation": {"mean": mean, "std": std},
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "history": history}
+            "inputs": summarise_sources(sources, records, skipped), "sources": records, "skipped": skipped, "tiles": n,
+            "views_seen": 2 * steps * batch * cfg.epochs, "batch_size": batch, "steps": steps * cfg.epochs,
+            "train_seconds": round(seconds, 1), "train_hours": round(seconds / 3600, 4),
+            "normalisation": {"mean": mean, "std": std}, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "history": history}
     atomic_write(card_path(out), lambda p: p.write_text(json.dumps(card, indent=2)))
     log(f"wrote {out} and {card_path(out)} ({seconds / 60:.1f} min of training)")
     return card
+
+
+def _pretrain_epoch(model, opt, sched, bank: torch.Tensor, cfg: PretrainConfig, epoch: int, steps: int, batch: int,
+                    stats, bar) -> float:
+    """One pass over the bank in a random order, two augmented views per tile; the mean loss. Its
+    randomness derives from (seed, epoch): a resumed run replays it exactly."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+    order = torch.from_numpy(rng.permutation(len(bank)))
+    model.train()
+    total, loss_sum = steps * cfg.epochs, 0.0
+    for s in range(steps):
+        tiles = bank[order[s * batch:(s + 1) * batch]]
+        loss = model.loss(augment(tiles, cfg, gen, *stats), augment(tiles, cfg, gen, *stats))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step = epoch * steps + s + 1
+        model.update_target(1 - (1 - cfg.ema) * (math.cos(math.pi * step / total) + 1) / 2)  # BYOL's EMA schedule
+        loss_sum += loss.item()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / (s + 1):.3f}")
+    return loss_sum / steps

@@ -20,8 +20,8 @@ from .model import SagaNet, load_torchvision_weights, saganet_loss, variant_conf
 from .preprocess import Preprocessing, channel_stats, prepare_images
 from .run import save_run
 from .stain import hed_jitter, reinhard_target
-from .training import (STREAM_SHOTS, STREAM_UNLABELLED, STREAM_VALIDATION, epoch_seed, load_checkpoint, save_checkpoint,
-                       warmup_cosine)
+from .training import (STREAM_SHOTS, STREAM_UNLABELLED, STREAM_VALIDATION, epoch_seed, load_checkpoint, progress_bar,
+                       save_checkpoint, warmup_cosine)
 
 
 
@@ -64,11 +64,54 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     labels = np.asarray(labels)
+    _check_semi(cfg, unlabelled)
+    model = build_model(cfg, len(class_names), log)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, math.ceil(len(labels) * cfg.crops_per_image / cfg.batch_size))  # per epoch
+    sched = warmup_cosine(opt, steps * cfg.warmup_epochs, steps * cfg.epochs)
+    run = _Progress(cfg.patience)
+    state = load_checkpoint(checkpoint, cfg.to_dict()) if checkpoint is not None else None
+    if state is not None:
+        for part, obj in (("model", model), ("optimizer", opt), ("scheduler", sched)):
+            obj.load_state_dict(state[part])
+        run.restore(state)
+        log(f"resumed from {checkpoint} after epoch {run.epoch}")
+    bar = progress_bar(progress, cfg.epochs, run.epoch, f"train {cfg.variant}", "epoch")
+    while run.epoch < cfg.epochs and not run.stopped:
+        t0 = time.time()
+        means = _train_epoch(model, opt, sched, images, masks, labels, prep, cfg, run.epoch, steps, unlabelled)
+        rec = {"epoch": run.epoch + 1, "seconds": round(time.time() - t0, 2), "lr": sched.get_last_lr()[0], **means}
+        if val is not None:
+            rec["val_balanced_accuracy"] = classification_metrics(val[2], predict(model, prep, val[0], val[1]),
+                                                                  class_names)["balanced_accuracy"]
+        run.record(rec, model)
+        log(json.dumps(rec))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                         "scheduler": sched.state_dict(), **run.state()}, cfg.to_dict())
+        if run.stopped:
+            log(f"early stop after epoch {run.epoch}: best validation balanced accuracy {run.best['score']:.3f} "
+                f"at epoch {run.best['epoch']}")
+    if bar is not None:
+        bar.close()
+    if run.best is not None:
+        model.load_state_dict(run.best["model"])
+    return model.eval(), run.history
+
+
+def _check_semi(cfg: TrainConfig, unlabelled) -> None:
     if cfg.semi and cfg.semi not in semi.METHODS:
         raise ValueError(f"unknown semi-supervised method {cfg.semi!r}; choose from {semi.METHODS}")
     if bool(cfg.semi) != (unlabelled is not None and len(unlabelled[0]) > 0):
         raise ValueError("semi-supervised training needs unlabelled images, and unlabelled images need a method (--semi)")
-    mcfg = variant_config(cfg.variant, num_classes=len(class_names), backbone=cfg.backbone, **cfg.model_overrides)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, log=print) -> SagaNet:
+    """The variant's network, seeded, from scratch or on pretrained backbone weights."""
+    mcfg = variant_config(cfg.variant, num_classes=num_classes, backbone=cfg.backbone, **cfg.model_overrides)
     _seed_everything(cfg.seed)
     model = SagaNet(mcfg)
     if cfg.pretrained:
@@ -79,89 +122,70 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
         # Frozen weights, but BN layers stay in training mode: their running statistics move to
         # the labelled images' domain (AdaBN), which costs nothing and the pool's stains differ.
         model.backbone.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(labels) * cfg.crops_per_image / cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
-    warm = steps_per_epoch * cfg.warmup_epochs
+    return model
 
-    sched = warmup_cosine(opt, warm, total)
-    history, start, best, patience_left, stopped = [], 0, None, cfg.patience, False
-    state = load_checkpoint(checkpoint, cfg.to_dict()) if checkpoint is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, history = int(state["epoch"]), json.loads(state["history"])
-        best, patience_left, stopped = state.get("best"), int(state["patience_left"]), bool(state["stopped"])
-        log(f"resumed from {checkpoint} after epoch {start}")
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.epochs, initial=start, desc=f"train {cfg.variant}", unit="epoch", leave=False)
-    for epoch in range(start, cfg.epochs if not stopped else start):
-        # Every epoch's randomness derives from (seed, epoch): resuming replays it exactly.
-        rng = np.random.default_rng([cfg.seed, epoch])
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))
-        model.train()
-        order = balanced_indices(labels, steps_per_epoch * cfg.batch_size, rng)
-        t0, sums = time.time(), {"loss": 0.0, "class_loss": 0.0, "agreement_loss": 0.0}
+def _train_epoch(model, opt, sched, images, masks, labels, prep, cfg: TrainConfig, epoch: int, steps: int,
+                 unlabelled) -> dict:
+    """One epoch of class-balanced random crops (plus unlabelled crops with cfg.semi); mean losses.
+    Its randomness derives from (seed, epoch): a resumed run replays it exactly."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    torch.manual_seed(epoch_seed(cfg.seed, epoch))
+    model.train()
+    order = balanced_indices(labels, steps * cfg.batch_size, rng)
+    sums = {"loss": 0.0, "class_loss": 0.0, "agreement_loss": 0.0}
+    if cfg.semi:
+        # A separate stream: the labelled crops stay those of the labelled-only run.
+        rng_u = np.random.default_rng([cfg.seed, epoch, STREAM_UNLABELLED])
+        gen_u = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, STREAM_UNLABELLED))
+        sums.update(unlabelled_loss=0.0, confident=0.0)
+    head, loss_cfg = model.config.head, model.config.loss
+    for s in range(steps):
+        idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        x, m, y = _random_crop_batch(images, masks, labels, idx, cfg.crop, rng, cfg.hed_sigma)
+        losses = saganet_loss(model(prep.to_tensor(x), torch.from_numpy(m).unsqueeze(1).float()), y, loss_cfg)
         if cfg.semi:
-            # A separate stream: the labelled crops stay those of the labelled-only run.
-            rng_u = np.random.default_rng([cfg.seed, epoch, STREAM_UNLABELLED])
-            gen_u = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, STREAM_UNLABELLED))
-            sums.update(unlabelled_loss=0.0, confident=0.0)
-        for s in range(steps_per_epoch):
-            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            x, m, y = _random_crop_batch(images, masks, labels, idx, cfg.crop, rng, cfg.hed_sigma)
-            out = model(prep.to_tensor(x), torch.from_numpy(m).unsqueeze(1).float())
-            losses = saganet_loss(out, y, mcfg.loss)
-            if cfg.semi:
-                u_idx = rng_u.integers(0, len(unlabelled[0]), cfg.unlabelled_ratio * len(idx))
-                u = semi.fixmatch_loss(model, prep, unlabelled[0], unlabelled[1], u_idx, cfg.crop, rng_u, gen_u,
-                                       mcfg.loss, cfg.pseudo_threshold or semi.DEFAULT_THRESHOLD[mcfg.head],
-                                       cfg.strong_hed_sigma)
-                losses["loss"] = losses["loss"] + cfg.unlabelled_weight * u["loss"]
-                losses.update(unlabelled_loss=u["loss"], confident=u["confident"])
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
-            sched.step()
-            for k in sums:
-                sums[k] += float(losses[k].detach())
-        rec = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2), "lr": sched.get_last_lr()[0]}
-        rec.update({k: v / steps_per_epoch for k, v in sums.items()})
-        if val is not None:
-            probs = predict(model, prep, val[0], val[1])
-            rec["val_balanced_accuracy"] = classification_metrics(val[2], probs, class_names)["balanced_accuracy"]
-            if best is None or rec["val_balanced_accuracy"] > best["score"]:
-                best = {"score": rec["val_balanced_accuracy"], "epoch": epoch + 1,
-                        "model": {k: v.clone() for k, v in model.state_dict().items()}}
-                patience_left = cfg.patience
-            else:
-                patience_left -= 1
-            stopped = patience_left <= 0
-        history.append(rec)
-        log(json.dumps(rec))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        if checkpoint is not None:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "epoch": epoch + 1, "history": json.dumps(history), "patience_left": patience_left, "stopped": stopped}
-            if best is not None:
-                state["best"] = best
-            save_checkpoint(checkpoint, state, cfg.to_dict())
-        if stopped:
-            log(f"early stop after epoch {epoch + 1}: best validation balanced accuracy {best['score']:.3f} at epoch {best['epoch']}")
-            break
-    if bar is not None:
-        bar.close()
-    if best is not None:
-        model.load_state_dict(best["model"])
-    model.eval()
-    return model, history
+            u_idx = rng_u.integers(0, len(unlabelled[0]), cfg.unlabelled_ratio * len(idx))
+            u = semi.fixmatch_loss(model, prep, unlabelled[0], unlabelled[1], u_idx, cfg.crop, rng_u, gen_u, loss_cfg,
+                                   cfg.pseudo_threshold or semi.DEFAULT_THRESHOLD[head], cfg.strong_hed_sigma)
+            losses["loss"] = losses["loss"] + cfg.unlabelled_weight * u["loss"]
+            losses.update(unlabelled_loss=u["loss"], confident=u["confident"])
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        sched.step()
+        for k in sums:
+            sums[k] += float(losses[k].detach())
+    return {k: v / steps for k, v in sums.items()}
+
+
+class _Progress:
+    """Epochs done, their records, and early stopping on validation balanced accuracy."""
+
+    def __init__(self, patience: int):
+        self.patience, self.patience_left = patience, patience
+        self.epoch, self.history, self.best, self.stopped = 0, [], None, False
+
+    def record(self, rec: dict, model) -> None:
+        self.epoch, self.history = rec["epoch"], self.history + [rec]
+        score = rec.get("val_balanced_accuracy")
+        if score is None:
+            return
+        if self.best is None or score > self.best["score"]:
+            self.best = {"score": score, "epoch": rec["epoch"], "model": {k: v.clone() for k, v in model.state_dict().items()}}
+            self.patience_left = self.patience
+        else:
+            self.patience_left -= 1
+        self.stopped = self.patience_left <= 0
+
+    def state(self) -> dict:
+        out = {"epoch": self.epoch, "history": json.dumps(self.history), "patience_left": self.patience_left,
+               "stopped": self.stopped}
+        return out | ({"best": self.best} if self.best is not None else {})
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.history = int(state["epoch"]), json.loads(state["history"])
+        self.best, self.patience_left, self.stopped = state.get("best"), int(state["patience_left"]), bool(state["stopped"])
 
 
 def pretrain_on(sources, encoder: Path, cfg: TrainConfig, steps: int = 150, log=print) -> Path:

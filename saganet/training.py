@@ -60,3 +60,12 @@ def load_checkpoint(path, fingerprint: dict) -> dict | None:
 def save_checkpoint(path, state: dict, fingerprint: dict) -> None:
     state = dict(state, fingerprint=json.dumps(fingerprint, sort_keys=True))
     atomic_write(path, lambda p: torch.save(state, p))
+
+
+def progress_bar(progress: bool, total: int, initial: int, desc: str, unit: str):
+    """A tqdm bar, or None when progress is off (logs and tests)."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False)
