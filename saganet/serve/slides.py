@@ -30,6 +30,14 @@ def _mpp(value) -> float | None:
     return float(value)
 
 
+def _write_durably(stream, path) -> None:
+    """Copy and fsync, in a worker thread: the id is returned only once the upload is on disk."""
+    with open(path, "wb") as f:
+        shutil.copyfileobj(stream, f, MB)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 @router.post("/v1/slides", status_code=202)
 async def submit_slide(request: Request, srv: Server = Depends(server)):
     """JSON {"path": "<relative to --slide-root>", "mpp": optional}, or a multipart upload
@@ -52,16 +60,13 @@ async def submit_slide(request: Request, srv: Server = Depends(server)):
             folder = store.uploads / job_id
             folder.mkdir()
             source, uploaded = folder / name, True
-            with open(source, "wb") as f:
-                await asyncio.get_running_loop().run_in_executor(None, shutil.copyfileobj, upload.file, f, MB)
-                f.flush()
-                os.fsync(f.fileno())
+            await asyncio.to_thread(_write_durably, upload.file, source)
         finally:
             await form.close()
     else:
         raise Refused(415, "send application/json {\"path\": ...} or multipart/form-data with field `file`")
     try:  # refuse what cannot be read now, not minutes later in the job; off the loop, pixels not decoded
-        await asyncio.get_running_loop().run_in_executor(None, probe, source, s.max_plain_pixels)
+        await asyncio.to_thread(probe, source, s.max_plain_pixels)
     except SlideError as e:
         if uploaded:
             shutil.rmtree(source.parent, ignore_errors=True)
@@ -69,6 +74,7 @@ async def submit_slide(request: Request, srv: Server = Depends(server)):
     await asyncio.to_thread(store.add, job_id, source, name, uploaded, mpp)  # an fsync'ed SQLite write: off the loop
     srv.runner.wake.set()
     return {"id": job_id, "state": "queued", "status_url": f"/v1/slides/{job_id}"}
+
 
 @router.get("/v1/slides/{job_id}")
 async def slide_status(job_id: str, srv: Server = Depends(server)):
