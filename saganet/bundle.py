@@ -133,6 +133,8 @@ class Manifest:
             prep = Preprocessing.from_dict(m["preprocessing"])
         except (TypeError, KeyError, ValueError) as e:
             raise BundleError(f"{where}: preprocessing is not readable ({e})") from None
+        if prep.scale != 1.0:  # the tile grid does the scaling; csrc/engine/manifest.cpp refuses it too
+            raise BundleError(f"{where}: preprocessing.scale must be 1 in a bundle, got {prep.scale}")
         return cls(m["format_version"], tuple(m["class_names"]), m["tile_size"], float(m["mpp"]), m["model"], prep,
                    m["formats"], m["files"], m)
 

@@ -96,7 +96,7 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default, unless there is none to show (None, a flag's False)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:  # not `in`: 0 == False
             return action.help
         return super()._get_help_string(action)
 

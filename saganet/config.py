@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# Microns per pixel a scanned slide can have: 0.05 (beyond any optical scanner) to 100 (a 0.1x
+# overview). Outside it a value is a typo or hostile, and tile sizes overflow or explode.
 MPP_RANGE = (0.05, 100.0)
 
 

@@ -72,6 +72,8 @@ def test_missing_file_is_named(demo_bundle, tmp_path):
     (lambda m: m.update(tile_size="224"), "'tile_size' is missing or not"),
     (lambda m: m.update(mpp=0), "must be positive"),
     (lambda m: m["files"].update({"../../etc/passwd": "0" * 64}), "not a plain name"),
+    (lambda m: m["preprocessing"].update(scale=0.5), "scale must be 1"),  # as the C++ engine refuses it
+    (lambda m: m["preprocessing"].pop("mean"), "preprocessing is not readable"),
 ])
 def test_foreign_or_broken_manifest(demo_bundle, tmp_path, edit, message):
     b = _copy(demo_bundle, tmp_path)

@@ -59,6 +59,7 @@ def test_help_shows_defaults(capsys):
         main(["study", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "draws per shot count (default: 5)" in out and "(default: 20)" in out
+    assert "torch threads (0 = torch's default) (default: 0)" in out  # a default of 0 is shown, not taken for "none"
 
 
 def test_help_and_import_do_not_load_torch():

@@ -9,7 +9,7 @@ import asyncio
 import shutil
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,6 @@ class Server:
     metrics: Metrics
     slide_root: Path | None
     ready: bool = False
-    cluster: object = field(default=None)
 
 
 def server(request: Request) -> Server:
@@ -158,7 +157,7 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     slide_root = Path(s.slide_root) if s.slide_root else None
     runner = JobRunner(store, _Shared(engine, lock), PredictConfig(batch_size=s.slide_batch_size, progress=False), _log,
                        cluster=cluster, roots=[r for r in (slide_root, store.uploads) if r is not None])
-    srv = Server(s, engine, batcher, store, runner, JobLibrary(store, slide_root), metrics_, slide_root, cluster=cluster)
+    srv = Server(s, engine, batcher, store, runner, JobLibrary(store, slide_root), metrics_, slide_root)
 
     async def lifespan(app):
         batcher.start()

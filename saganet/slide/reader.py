@@ -22,8 +22,6 @@ class SlideError(ValueError):
     """A slide that cannot be opened or read; the message names the file."""
 
 
-# Microns per pixel a scanned slide can have: 0.05 (beyond any optical scanner) to 100 (a 0.1x
-# overview). Outside it a value is a typo or hostile, and tile sizes overflow or explode.
 def is_slide(path) -> bool:
     """A vendor slide format, or a TIFF that OpenSlide reads as a multi-resolution pyramid."""
     p = Path(path)
