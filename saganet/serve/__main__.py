@@ -38,6 +38,8 @@ def main(argv=None, prog: str = "python -m saganet.serve") -> int:
     ap.add_argument("--header-timeout-s", type=float, default=10.0,
                     help="close a connection whose request headers are not complete this long after they begin "
                          "(slow clients)")
+    ap.add_argument("--http", default="auto", choices=("auto", "httptools", "h11"),
+                    help="HTTP parser: httptools (C) where installed, else h11 (pure Python)")
     ap.add_argument("--body-idle-s", type=float, default=d.body_idle_s,
                     help="refuse (408) a request body that sends nothing for this long")
     ap.add_argument("--cluster", default=None, metavar="ADDRESS",
@@ -73,7 +75,7 @@ def main(argv=None, prog: str = "python -m saganet.serve") -> int:
     from .http import header_deadline_protocol
 
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=30,
-                http=header_deadline_protocol(a.header_timeout_s))
+                http=header_deadline_protocol(a.header_timeout_s, a.http))
     return 0
 
 

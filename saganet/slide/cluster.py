@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from distributed import WorkerPlugin
 
+from ..atomic import atomic_write
 from ..config import CHUNK_TILES
 from .reader import SlideError, open_reader
 
@@ -74,13 +75,14 @@ class EnginePlugin(WorkerPlugin):
             digest = hashlib.sha256(b"".join(self.files[k] for k in sorted(self.files))).hexdigest()[:16]
             path = Path(worker.local_directory) / f"saganet-bundle-{digest}"
             if not path.is_dir():
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.mkdir(parents=True, exist_ok=True)
-                for name, data in self.files.items():
-                    (tmp / Path(name).name).write_bytes(data)
-                tmp.rename(path)
+                atomic_write(path, self._write_files)
         _worker_state["engine"] = Engine(path, backend=self.backend, threads=self.threads)
         _worker_state["readers"] = OrderedDict()
+
+    def _write_files(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in self.files.items():
+            (folder / Path(name).name).write_bytes(data)
 
     def teardown(self, worker) -> None:
         for reader in _worker_state.pop("readers", {}).values():

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_write, atomic_write_text
+from ..atomic import StreamedFile, atomic_write, atomic_write_text
 
 
 # zlib level of the slide PNGs: level 1 encodes 5x faster than PIL's default 6 and the files are
@@ -25,20 +24,7 @@ def write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2))
 
 
-class _Streamed:
-    def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-        self.f = open(self.tmp, "w", newline="", encoding="utf-8")
-
-    def close(self, complete: bool) -> None:
-        self.f.close()
-        if complete:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
-class TileTable(_Streamed):
+class TileTable(StreamedFile):
     """tiles.csv: x, y (level-0 top-left), level (always 0), size (level-0 px), valid_fraction,
     prob_<class>..., predicted."""
 
@@ -67,7 +53,7 @@ def colormap_rgb(name: str, values) -> np.ndarray:
     return (matplotlib.colormaps[name](np.asarray(values, np.float64))[..., :3] * 255.0 + 0.5).astype(np.uint8)
 
 
-class GeoJSONWriter(_Streamed):
+class GeoJSONWriter(StreamedFile):
     """QuPath-compatible FeatureCollection: one tile object per tile, classified by its most
     probable class, with every class probability and the valid fraction as measurements."""
 
