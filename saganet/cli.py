@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 
 from .config import (BACKBONES, BACKENDS, CHUNK_TILES, EXPORT_FORMATS, INITS, MPP_RANGE, POOL_METHODS, PRECISIONS, PRETRAIN_METHODS,
-                     SEMI_METHODS, VARIANT_NAMES, VARIANTS, MaskConfig, PredictConfig, PretrainConfig, TrainConfig)
+                     SEMI_METHODS, TRAIN_VARIANTS, VARIANT_NAMES, VARIANTS, MaskConfig, PredictConfig, PretrainConfig, TrainConfig)
 
 # Only configuration is imported here: `saganet --help` must not pay for torch; each command imports
 # what it runs.
@@ -55,14 +55,16 @@ def _train_config(a) -> TrainConfig:
                        pretrained=a.pretrained or "", freeze_backbone=getattr(a, "freeze_backbone", False),
                        semi=a.semi or (SEMI_METHODS[0] if getattr(a, "unlabelled", None) and not getattr(a, "pool_methods", None) else ""),
                        unlabelled_ratio=a.unlabelled_ratio, pseudo_threshold=a.pseudo_threshold,
-                       mask=MaskConfig(focus_relative=a.mask_focus_relative))
+                       mask=MaskConfig(focus_relative=a.mask_focus_relative),
+                       auto_candidates=tuple(a.auto_candidates), auto_folds=a.auto_folds)
 
 
 def _add_train_args(p, study: bool = False):
     d = TrainConfig()
     if not study:
-        p.add_argument("--variant", default=d.variant, choices=list(VARIANTS),
-                       help="saganet (gate, mask, length head) or an ablation; baseline is the plain CNN")
+        p.add_argument("--variant", default=d.variant, choices=list(TRAIN_VARIANTS),
+                       help="saganet (gate, mask, length head) or an ablation; baseline is the plain CNN; auto: "
+                            "the one of --auto-candidates that cross-validation inside the labelled images prefers")
     else:
         p.set_defaults(variant=d.variant)
     p.add_argument("--backbone", default=d.backbone, choices=list(BACKBONES), help="network body")
@@ -90,6 +92,10 @@ def _add_train_args(p, study: bool = False):
                    help="unlabelled crops per labelled crop in a training step")
     p.add_argument("--pseudo-threshold", type=FRACTION, default=d.pseudo_threshold,
                    help="confidence for a pseudo-label; 0 = the head's default: softmax 0.95, length gap 0.5")
+    p.add_argument("--auto-candidates", nargs="+", default=list(d.auto_candidates), choices=list(VARIANTS),
+                   help="variants that `auto` chooses among, in order of preference (a tie goes to the earlier)")
+    p.add_argument("--auto-folds", type=_int_at_least(2), default=d.auto_folds,
+                   help="folds of `auto`'s cross-validation inside the labelled images (at most the smallest class)")
 
 
 class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):

@@ -120,7 +120,10 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-VARIANT_NAMES = (*VARIANTS, "classic")  # "classic": the texture pipeline (classic.py), in studies only
+# "auto": the variant chosen by cross-validation inside the labelled images (select.py);
+# "classic": the texture pipeline (classic.py), in studies only.
+TRAIN_VARIANTS = (*VARIANTS, "auto")
+VARIANT_NAMES = (*TRAIN_VARIANTS, "classic")
 
 
 # Registries of names the CLI offers as choices (the objects behind them live with their code).
@@ -160,6 +163,8 @@ class TrainConfig:
     pseudo_threshold: float = 0.0  # confidence needed for a pseudo-label; 0 = the head's default (semi.py)
     strong_hed_sigma: float = 0.2  # stain jitter of FixMatch's strong view
     mask: MaskConfig = field(default_factory=MaskConfig)
+    auto_candidates: tuple = ("saganet", "baseline")  # variant "auto" chooses among these (select.py)
+    auto_folds: int = 3  # ... by this many folds of cross-validation inside the labelled images
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,6 +173,8 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["mask"] = MaskConfig.from_dict(d.get("mask"))
+        if "auto_candidates" in d:
+            d["auto_candidates"] = tuple(d["auto_candidates"])
         return cls(**d)
 
 

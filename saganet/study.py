@@ -21,6 +21,7 @@ from .classic import classic_features, classic_probs, fit_classic
 from .data import load_dataset, load_images
 from .evaluate import classification_metrics, predict
 from .preprocess import Preprocessing, channel_stats, prepare_images
+from .select import resolve_variant
 from .selftrain import self_train
 from .train import fit, pretrain_on
 from .unlabelled import load_unlabelled
@@ -189,6 +190,7 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
         for n in shots:
             train, test = (labelled[n], test) if pool_methods else draw_split(labels, patients, n, r)
             teachers = {}  # this draw's models without pool images, by (variant, init, encoder): self-training's teachers
+            selections = {}  # variant "auto": this draw's choice, by (init, encoder), made once for all its rows
             for label, v, init, pm in runs:
                 k += 1
                 path = out / "runs" / f"{n}shot_r{r}_{label}.json"
@@ -212,8 +214,12 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
                         pool_images = prepare_images(load_unlabelled(pool_paths, log=log)[0], base)
                     run_cfg = replace(cfg, variant=v, seed=r, pretrained=pretrained, freeze_backbone=init == "frozen",
                                       semi="fixmatch" if "fixmatch" in pm else "")
-                    labelled_data = ([imgs[i] for i in train], [masks[i] for i in train], labels[train], class_names,
-                                     run_cfg, prep)
+                    shots_data = ([imgs[i] for i in train], [masks[i] for i in train], labels[train], class_names)
+                    if v == "auto":
+                        if (init, pretrained) not in selections:
+                            selections[(init, pretrained)] = resolve_variant(*shots_data, run_cfg, prep, log=log)[1]
+                        run_cfg = replace(run_cfg, variant=selections[(init, pretrained)]["chosen"])
+                    labelled_data = (*shots_data, run_cfg, prep)
                     key = (v, init, pretrained)
                     if "selftrain" in pm:
                         model, _, _ = self_train(*labelled_data, pool_images, teacher=teachers.get(key),
@@ -237,6 +243,8 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
                 m = classification_metrics(labels[test], probs, class_names)
                 rec = {"shots": n, "repeat": r, "variant": label, "seconds": round(time.time() - t0, 1),
                        "train_images": len(train), "test_images": len(test), "pool_images": len(pool_paths), **m}
+                if v == "auto":
+                    rec["selection"] = selections[(init, pretrained)]
                 if v != "classic":
                     rec["read_outs"] = {k: {"balanced_accuracy": e["balanced_accuracy"], "accuracy": e["accuracy"],
                                             "confusion_matrix": e["confusion_matrix"]} for k, e in extra.items()}
@@ -279,7 +287,8 @@ def summarise(out, shots, variants) -> dict:
         for v in variants:
             if v.startswith("classic"):
                 continue
-            refs = ["baseline" + (v[v.index("+"):] if "+" in v else "")] + ([v.split("+")[0]] if "+" in v else [])
+            suffix = v[v.index("+"):] if "+" in v else ""
+            refs = ["baseline" + suffix] + ([v.split("+")[0]] if "+" in v else []) + (["saganet" + suffix] if v.startswith("auto") else [])
             for ref in refs:
                 if ref == v:
                     continue
@@ -315,6 +324,14 @@ def summarise(out, shots, variants) -> dict:
                   "| shots | variant | minus | mean +- std | wins / losses |", "|---|---|---|---|---|"]
         lines += [f"| {p['shots']} | {p['variant']} | {p['reference']} | {p['minus_reference_mean']:+.3f} +- {p['minus_reference_std']:.3f} | "
                   f"{p['wins']} / {p['losses']} |" for p in paired]
+    chosen = [(r["shots"], r["variant"], r["selection"]["chosen"]) for r in runs if "selection" in r]
+    if chosen:
+        counts = {}
+        for n, v, c in chosen:
+            counts.setdefault((n, v), []).append(c)
+        lines += ["", "What `auto` chose by cross-validation inside the labelled shots:", ""]
+        lines += [f"- {n} shots, {v}: " + ", ".join(f"{c} x{cs.count(c)}" for c in dict.fromkeys(cs))
+                  for (n, v), cs in counts.items()]
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     _plot(table, out / "results.png")
     return summary

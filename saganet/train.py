@@ -19,6 +19,7 @@ from .evaluate import classification_metrics, predict
 from .model import SagaNet, load_torchvision_weights, saganet_loss, variant_config
 from .preprocess import Preprocessing, channel_stats, prepare_images
 from .run import save_run
+from .select import resolve_variant
 from .stain import hed_jitter, reinhard_target
 from .training import (STREAM_SHOTS, STREAM_UNLABELLED, STREAM_VALIDATION, epoch_seed, load_checkpoint, progress_bar,
                        save_checkpoint, warmup_cosine)
@@ -288,6 +289,8 @@ def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=No
                 raise ValueError(f"--semi {cfg.semi!r}: choose from {SEMI_METHODS}")
         elif cfg.semi or pretrain_unlabelled:
             raise ValueError("--semi and --pretrain-unlabelled need unlabelled sources (--unlabelled PATH...)")
+        cfg, selection = resolve_variant([imgs[i] for i in tr], [masks[i] for i in tr], labels[tr], class_names, cfg,
+                                         prep, log=both)
         both(f"training {cfg.variant} on {len(tr)} images ({len(va)} held out for validation), classes {class_names}")
         val = ([imgs[i] for i in va], [masks[i] for i in va], labels[va]) if len(va) else None
         t0 = time.time()
@@ -305,7 +308,7 @@ def train_run(data, out, cfg: TrainConfig, shots: int | None = None, mask_dir=No
                                  val=val, checkpoint=out / "checkpoint.pt", log=both, unlabelled=pool if cfg.semi else None)
         metrics = {"train_seconds": round(time.time() - t0, 1), "history": history, "train_images": len(tr),
                    "val_images": len(va), "skipped_files": bad, "unlabelled_images": len(pool[0]) if pool else 0,
-                   "skipped_unlabelled": pool_skipped, "self_training": semi_info,
+                   "skipped_unlabelled": pool_skipped, "self_training": semi_info, "variant_selection": selection,
                    "train_files": [samples[i].path for i in tr], "val_files": [samples[i].path for i in va]}
         save_run(out, model, class_names, prep, cfg, metrics)
         both(f"wrote {out}/weights.safetensors, config.json, metrics.json")

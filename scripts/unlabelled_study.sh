@@ -3,16 +3,30 @@
 # Per repeat: N labelled images per class; the other images are split, stratified, into an unlabelled
 # pool (half) and a test set; every row is tested on the same test set and never sees a pool label.
 # Rows: labelled only, + self-training on the pool, + SimCLR pretraining on the pool, + both; for saganet
-# and baseline, and classic. Settings of every deep row are those of Part 2.
+# and baseline, and classic (stage "main"); then `auto` with and without pretraining (stage "auto").
+# Settings of every deep row are those of Part 2. STAGES="main auto" (the default) runs both in order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${SAGANET_DATA:-../shared/data}
 PY=${PYTHON:-.venv/bin/python}
 OUT=docs/study
 SHOTS=${SHOTS:-20 10}
-COMMON=(--repeats ${REPEATS:-5} --epochs 20 --image-size 64 --crops-per-image 16 --threads 2
-        --variants saganet baseline classic --pool-methods selftrain pretrain pretrain+selftrain --unlabelled-fraction 0.5
+COMMON=(--epochs 20 --image-size 64 --crops-per-image 16 --threads 2 --unlabelled-fraction 0.5
         --mask-focus-relative 0)  # the fixed focus floor this study started with (lymphoma: 0.99 valid either way)
-mkdir -p "$OUT"
-# shellcheck disable=SC2086
-$PY -m saganet study "$DATA/lymphoma_iicbu" --out "$OUT/unlabelled_lymphoma" --shots $SHOTS "${COMMON[@]}"
+STAGES=${STAGES:-main auto}
+mkdir -p "$OUT/unlabelled_lymphoma/encoders" "$OUT/unlabelled_lymphoma_auto"
+# The first stage: every row above.
+if [[ " $STAGES " == *" main "* ]]; then
+  # shellcheck disable=SC2086
+  $PY -m saganet study "$DATA/lymphoma_iicbu" --out "$OUT/unlabelled_lymphoma" --shots $SHOTS "${COMMON[@]}" \
+      --repeats "${REPEATS:-5}" --variants saganet baseline classic --pool-methods selftrain pretrain pretrain+selftrain
+fi
+# The second stage: `auto` (saganet or baseline, chosen by 3-fold cross-validation inside the labelled
+# shots) from scratch and after pretraining on the pool, on the same draws and pools. It shares the
+# first stage's encoders (same draws: the same pool), so neither pretrains twice.
+if [[ " $STAGES " == *" auto "* ]]; then
+  ln -sfn ../unlabelled_lymphoma/encoders "$OUT/unlabelled_lymphoma_auto/encoders"
+  # shellcheck disable=SC2086
+  $PY -m saganet study "$DATA/lymphoma_iicbu" --out "$OUT/unlabelled_lymphoma_auto" --shots $SHOTS "${COMMON[@]}" \
+      --repeats "${AUTO_REPEATS:-${REPEATS:-5}}" --variants auto --pool-methods pretrain
+fi

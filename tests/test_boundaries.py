@@ -6,7 +6,8 @@ import sys
 from shared_data import DEMO_BUNDLE
 
 TRAINING = ("saganet.train", "saganet.evaluate", "saganet.study", "saganet.pretrain", "saganet.selftrain",
-            "saganet.semi", "saganet.unlabelled", "saganet.export", "saganet.augment", "saganet.classic")
+            "saganet.semi", "saganet.unlabelled", "saganet.export", "saganet.augment", "saganet.classic",
+            "saganet.select")
 
 
 def test_inference_runs_with_training_modules_blocked(tmp_path):

@@ -1,0 +1,59 @@
+"""`--variant auto`: the variant chosen by cross-validation inside the labelled training images.
+
+Why: SagaNet's mask, gate and length head do not help on every task (Part 2 of docs/results.md:
+tissue types, small images), and there it lost to the plain baseline. With "auto", each candidate
+(`TrainConfig.auto_candidates`, SagaNet and the baseline by default) trains at the run's budget on
+k-1 stratified folds of the labelled images and is scored on the held-out fold (balanced accuracy);
+the best mean wins, a tie goes to the earlier candidate. Only the labelled training images given
+here are read: no validation, pool or test image takes part in the choice.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from .config import VARIANTS, TrainConfig
+from .evaluate import classification_metrics, predict
+
+
+def cross_validate(images, masks, labels, class_names, cfg: TrainConfig, prep, log=print) -> dict:
+    """{"candidates", "folds", "scores" (mean balanced accuracy per candidate), "fold_scores",
+    "chosen"} for `cfg.auto_candidates` on these labelled images, labelled-only training."""
+    from .train import fit
+
+    unknown = [v for v in cfg.auto_candidates if v not in VARIANTS]
+    if unknown or not cfg.auto_candidates:
+        raise ValueError(f"--auto-candidates {list(cfg.auto_candidates)}: choose one or more of {sorted(VARIANTS)}")
+    labels = np.asarray(labels)
+    smallest = int(np.bincount(labels, minlength=len(class_names)).min())
+    folds = min(cfg.auto_folds, smallest)
+    if folds < 2:
+        raise ValueError(f"--variant auto cross-validates inside the labelled images and needs at least 2 per class; "
+                         f"the smallest class has {smallest}")
+    split = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(np.zeros(len(labels)), labels))
+    fold_scores = {}
+    for v in cfg.auto_candidates:
+        fold_scores[v] = []
+        for k, (tr, va) in enumerate(split):
+            model, _ = fit([images[i] for i in tr], [masks[i] for i in tr], labels[tr], class_names,
+                           replace(cfg, variant=v, semi="", val_fraction=0.0), prep, log=lambda m: None, progress=False)
+            probs = predict(model, prep, [images[i] for i in va], [masks[i] for i in va])
+            fold_scores[v].append(classification_metrics(labels[va], probs, class_names)["balanced_accuracy"])
+        log(f"auto: {v} {np.mean(fold_scores[v]):.3f} balanced accuracy over {folds} folds of the labelled images "
+            f"({', '.join(f'{s:.3f}' for s in fold_scores[v])})")
+    scores = {v: float(np.mean(s)) for v, s in fold_scores.items()}
+    chosen = max(scores, key=scores.get)  # the first of equals: candidates are in order of preference
+    log(f"auto: chose {chosen}")
+    return {"candidates": list(cfg.auto_candidates), "folds": folds, "scores": scores, "fold_scores": fold_scores,
+            "chosen": chosen}
+
+
+def resolve_variant(images, masks, labels, class_names, cfg: TrainConfig, prep, log=print):
+    """(cfg, selection): cfg unchanged and None unless cfg.variant is "auto"; then cfg with the chosen
+    variant, and cross_validate's record."""
+    if cfg.variant != "auto":
+        return cfg, None
+    selection = cross_validate(images, masks, labels, class_names, cfg, prep, log=log)
+    return replace(cfg, variant=selection["chosen"]), selection
