@@ -5,6 +5,9 @@
 # Rows: labelled only, + self-training on the pool, + SimCLR pretraining on the pool, + both; for saganet
 # and baseline, and classic (stage "main"); then `auto` with and without pretraining (stage "auto").
 # Settings of every deep row are those of Part 2. STAGES="main auto" (the default) runs both in order.
+# In the background at low priority: `setsid nice -n 19 bash scripts/unlabelled_study.sh`, then
+# `echo 19 > /proc/PID/autogroup` for its python: with Linux's autogroups, plain nice only orders the
+# processes of one session, and the study would still take half of the 2 cores from everything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${SAGANET_DATA:-../shared/data}
