@@ -21,7 +21,7 @@ from .evaluate import classification_metrics, predict
 def cross_validate(images, masks, labels, class_names, cfg: TrainConfig, prep, log=print) -> dict:
     """{"candidates", "folds", "scores" (mean balanced accuracy per candidate), "fold_scores",
     "chosen"} for `cfg.auto_candidates` on these labelled images, labelled-only training."""
-    from .train import fit
+    from .train import fit  # here, not at the top: train.py imports this module
 
     unknown = [v for v in cfg.auto_candidates if v not in VARIANTS]
     if unknown or not cfg.auto_candidates:
