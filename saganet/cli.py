@@ -56,7 +56,7 @@ def _train_config(a) -> TrainConfig:
                        semi=a.semi or (SEMI_METHODS[0] if getattr(a, "unlabelled", None) and not getattr(a, "pool_methods", None) else ""),
                        unlabelled_ratio=a.unlabelled_ratio, pseudo_threshold=a.pseudo_threshold,
                        mask=MaskConfig(focus_relative=a.mask_focus_relative),
-                       auto_candidates=tuple(a.auto_candidates), auto_folds=a.auto_folds)
+                       auto_candidates=tuple(a.auto_candidates), auto_folds=a.auto_folds, auto_se=a.auto_se)
 
 
 def _add_train_args(p, study: bool = False):
@@ -93,9 +93,12 @@ def _add_train_args(p, study: bool = False):
     p.add_argument("--pseudo-threshold", type=FRACTION, default=d.pseudo_threshold,
                    help="confidence for a pseudo-label; 0 = the head's default: softmax 0.95, length gap 0.5")
     p.add_argument("--auto-candidates", nargs="+", default=list(d.auto_candidates), choices=list(VARIANTS),
-                   help="variants that `auto` chooses among, in order of preference (a tie goes to the earlier)")
+                   help="variants that `auto` chooses among, in order of preference (simplest first)")
     p.add_argument("--auto-folds", type=_int_at_least(2), default=d.auto_folds,
                    help="folds of `auto`'s cross-validation inside the labelled images (at most the smallest class)")
+    p.add_argument("--auto-se", type=_number_in(0.0, 10.0), default=d.auto_se,
+                   help="`auto` takes the first candidate whose mean fold score is within this many standard "
+                        "errors of the best (the one-standard-error rule); 0 = the best")
 
 
 class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -141,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="study folder (resumes: finished runs are kept)")
     s.add_argument("--shots", type=POSITIVE, nargs="+", default=[10, 20], help="labelled images per class")
     s.add_argument("--repeats", type=POSITIVE, default=5, help="draws per shot count")
+    s.add_argument("--first-repeat", type=NON_NEGATIVE, default=0,
+                   help="number of the first draw: fresh draws beside an earlier study's (draw r is seeded with r)")
     s.add_argument("--variants", nargs="+", default=["saganet", "baseline", "no-gate", "no-length", "classic"],
                    choices=list(VARIANT_NAMES), help="models to compare; classic is the texture pipeline")
     s.add_argument("--inits", nargs="+", default=["scratch"], choices=list(INITS),
@@ -149,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run each deep variant learning from an unlabelled pool split off the non-labelled "
                         "images: in-domain pretraining, semi-supervised training, or both. Every row then uses "
                         "the same pool/test split")
+    s.add_argument("--pool-split", action="store_true",
+                   help="use the pool/test split of --pool-methods without a pool method: labelled-only rows "
+                        "on the same draws and test sets as a pooled study's")
     s.add_argument("--unlabelled-fraction", type=_number_in(0.0, 1.0, True, True), default=0.5,
                    help="share of the non-labelled images that go to the pool; the rest is the test set")
     s.add_argument("--pretrain-steps", type=POSITIVE, default=150, help="SimCLR steps of in-domain pretraining per repeat")
@@ -253,7 +261,8 @@ def main(argv=None) -> int:
             summary = run_study(args.data, args.out, args.shots, args.repeats, args.variants,
                                 replace(_train_config(args), val_fraction=0.0), inits=args.inits,
                                 pool_methods=args.pool_methods, unlabelled_fraction=args.unlabelled_fraction,
-                                unlabelled=args.unlabelled, pretrain_steps=args.pretrain_steps)
+                                unlabelled=args.unlabelled, pretrain_steps=args.pretrain_steps,
+                                pool_split=args.pool_split, first_repeat=args.first_repeat)
             print(open(f"{args.out}/results.md").read())
         elif args.command == "pretrain":
             from .pretrain import pretrain

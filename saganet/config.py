@@ -163,8 +163,9 @@ class TrainConfig:
     pseudo_threshold: float = 0.0  # confidence needed for a pseudo-label; 0 = the head's default (semi.py)
     strong_hed_sigma: float = 0.2  # stain jitter of FixMatch's strong view
     mask: MaskConfig = field(default_factory=MaskConfig)
-    auto_candidates: tuple = ("saganet", "baseline")  # variant "auto" chooses among these (select.py)
+    auto_candidates: tuple = ("baseline", "saganet")  # variant "auto" chooses among these, simplest first (select.py)
     auto_folds: int = 3  # ... by this many folds of cross-validation inside the labelled images
+    auto_se: float = 1.0  # ... taking the first within this many standard errors of the best (0: the best)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -151,13 +151,17 @@ def run_labels(variants, inits, pool_methods=()) -> list[tuple[str, str, str, st
 
 
 def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scratch",), pool_methods=(),
-              unlabelled_fraction: float = 0.5, unlabelled=(), pretrain_steps: int = 150, log=print) -> dict:
-    """Every run of the study; with pool_methods, the protocol of `draw_pool_split` for every row."""
+              unlabelled_fraction: float = 0.5, unlabelled=(), pretrain_steps: int = 150, pool_split: bool = False,
+              first_repeat: int = 0, log=print) -> dict:
+    """Every run of the study, draws first_repeat .. first_repeat+repeats-1; with pool_methods (or
+    pool_split: labelled-only rows on the same draws as a pooled study's), the protocol of
+    `draw_pool_split` for every row."""
     if any(i != "scratch" for i in inits) and not cfg.pretrained:
         raise ValueError("inits finetune/frozen need an encoder (--pretrained)")
     if cfg.stain_norm:
         raise ValueError("the study prepares every image once and does not support --stain-norm; "
                          "compare stain normalisation with saganet train/eval")
+    pooled = bool(pool_methods) or pool_split
     if unlabelled and not pool_methods:
         raise ValueError("--unlabelled adds to the pool of --pool-methods; name at least one")
     out = Path(out)
@@ -175,20 +179,20 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
     runs = run_labels(variants, inits, pool_methods)
     meta = {"data": str(data), "class_names": class_names, "train_config": cfg.to_dict(), "skipped_files": bad,
             "inits": list(inits), "pool_methods": list(pool_methods),
-            "unlabelled_fraction": unlabelled_fraction if pool_methods else None,
+            "pool_split": pooled, "unlabelled_fraction": unlabelled_fraction if pooled else None,
             "unlabelled_sources": [str(u) for u in unlabelled], "pretrain_steps": pretrain_steps,
             "patient_split": bool(patients), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}"}
     atomic_write_text(out / "study_config.json", json.dumps(meta, indent=2))
     t_study = time.time()
     total, k = len(shots) * repeats * len(runs), 0
-    for r in range(repeats):
+    for r in range(first_repeat, first_repeat + repeats):
         pool_paths, pool_images = [], None
-        if pool_methods:
+        if pooled:
             labelled, pool, test = draw_pool_split(labels, patients, max(shots), r, unlabelled_fraction)
             # The pool leaves here as paths: whatever trains on it cannot see a label.
             pool_paths = [samples[i].path for i in pool] + [str(u) for u in unlabelled]
         for n in shots:
-            train, test = (labelled[n], test) if pool_methods else draw_split(labels, patients, n, r)
+            train, test = (labelled[n], test) if pooled else draw_split(labels, patients, n, r)
             teachers = {}  # this draw's models without pool images, by (variant, init, encoder): self-training's teachers
             selections = {}  # variant "auto": this draw's choice, by (init, encoder), made once for all its rows
             for label, v, init, pm in runs:

@@ -3,8 +3,9 @@
 # Per repeat: N labelled images per class; the other images are split, stratified, into an unlabelled
 # pool (half) and a test set; every row is tested on the same test set and never sees a pool label.
 # Rows: labelled only, + self-training on the pool, + SimCLR pretraining on the pool, + both; for saganet
-# and baseline, and classic (stage "main"); then `auto` with and without pretraining (stage "auto").
-# Settings of every deep row are those of Part 2. STAGES="main auto" (the default) runs both in order.
+# and baseline, and classic (stage "main"); then `auto` from scratch (stage "auto") and after pretraining
+# (stage "auto-pretrain"). Settings of every deep row are those of Part 2. STAGES (default
+# "main auto auto-pretrain") names the stages to run, in that order.
 # In the background at low priority: `setsid nice -n 19 bash scripts/unlabelled_study.sh`, then
 # `echo 19 > /proc/PID/autogroup` for its python: with Linux's autogroups, plain nice only orders the
 # processes of one session, and the study would still take half of the 2 cores from everything else.
@@ -16,7 +17,7 @@ OUT=docs/study
 SHOTS=${SHOTS:-20 10}
 COMMON=(--epochs 20 --image-size 64 --crops-per-image 16 --threads 2 --unlabelled-fraction 0.5
         --mask-focus-relative 0)  # the fixed focus floor this study started with (lymphoma: 0.99 valid either way)
-STAGES=${STAGES:-main auto}
+STAGES=${STAGES:-main auto auto-pretrain}
 mkdir -p "$OUT/unlabelled_lymphoma/encoders" "$OUT/unlabelled_lymphoma_auto"
 # The first stage: every row above.
 if [[ " $STAGES " == *" main "* ]]; then
@@ -24,12 +25,18 @@ if [[ " $STAGES " == *" main "* ]]; then
   $PY -m saganet study "$DATA/lymphoma_iicbu" --out "$OUT/unlabelled_lymphoma" --shots $SHOTS "${COMMON[@]}" \
       --repeats "${REPEATS:-5}" --variants saganet baseline classic --pool-methods selftrain pretrain pretrain+selftrain
 fi
-# The second stage: `auto` (saganet or baseline, chosen by 3-fold cross-validation inside the labelled
-# shots) from scratch and after pretraining on the pool, on the same draws and pools. It shares the
-# first stage's encoders (same draws: the same pool), so neither pretrains twice.
+# Then `auto` (baseline or saganet, chosen by 3-fold cross-validation inside the labelled shots, the
+# one-standard-error rule) on the same draws, pools and test sets: labelled only (--pool-split), and
+# after pretraining on the pool. It shares the first stage's encoders (same draws: the same pool).
+AUTO=(--repeats "${AUTO_REPEATS:-${REPEATS:-5}}" --variants auto)
 if [[ " $STAGES " == *" auto "* ]]; then
+  # shellcheck disable=SC2086
+  $PY -m saganet study "$DATA/lymphoma_iicbu" --out "$OUT/unlabelled_lymphoma_auto" --shots $SHOTS "${COMMON[@]}" \
+      "${AUTO[@]}" --pool-split
+fi
+if [[ " $STAGES " == *" auto-pretrain "* ]]; then
   ln -sfn ../unlabelled_lymphoma/encoders "$OUT/unlabelled_lymphoma_auto/encoders"
   # shellcheck disable=SC2086
   $PY -m saganet study "$DATA/lymphoma_iicbu" --out "$OUT/unlabelled_lymphoma_auto" --shots $SHOTS "${COMMON[@]}" \
-      --repeats "${AUTO_REPEATS:-${REPEATS:-5}}" --variants auto --pool-methods pretrain
+      "${AUTO[@]}" --pool-methods pretrain
 fi

@@ -55,7 +55,8 @@ def test_auto_chooses_the_best_candidate_scored_on_held_out_folds(tiny, monkeypa
     imgs, masks, y, classes, prep = tiny
     seen, labels_by_id = _stub_training(monkeypatch, {"saganet": 1 / 3, "baseline": 1.0})
     labels_by_id.update({id(im): int(t) for im, t in zip(imgs, y)})
-    cfg, sel = select.resolve_variant(imgs, masks, y, classes, replace(CFG, variant="auto"), prep, log=lambda m: None)
+    cfg, sel = select.resolve_variant(imgs, masks, y, classes, replace(CFG, variant="auto", auto_se=0.0), prep,
+                                      log=lambda m: None)
     assert cfg.variant == sel["chosen"] == "baseline" and sel["folds"] == 3
     assert sel["scores"]["baseline"] == 1.0 and sel["scores"]["saganet"] < 1.0
     assert sel["scores"]["saganet"] == pytest.approx(np.mean(sel["fold_scores"]["saganet"]))
@@ -73,9 +74,24 @@ def test_a_tie_goes_to_the_earlier_candidate_and_other_variants_pass_through(tin
     _, labels_by_id = _stub_training(monkeypatch, {"saganet": 1.0, "baseline": 1.0})
     labels_by_id.update({id(im): int(t) for im, t in zip(imgs, y)})
     for order in (("saganet", "baseline"), ("baseline", "saganet")):
-        cfg = replace(CFG, variant="auto", auto_candidates=order)
+        cfg = replace(CFG, variant="auto", auto_candidates=order, auto_se=0.0)
         assert select.resolve_variant(imgs, masks, y, classes, cfg, prep, log=lambda m: None)[0].variant == order[0]
     assert select.resolve_variant(imgs, masks, y, classes, CFG, prep) == (CFG, None)
+
+
+def test_the_one_standard_error_rule_keeps_the_earlier_candidate_unless_the_later_is_clearly_better():
+    # baseline first: saganet's mean is higher by less than one SE of its folds, so baseline stays
+    folds = {"baseline": [4 / 7, 4 / 7, 4 / 7], "saganet": [6 / 7, 3 / 7, 4 / 7]}
+    se = np.std(folds["saganet"], ddof=1) / np.sqrt(3)
+    assert select.choose(folds, 1.0) == ("baseline", pytest.approx(se))
+    assert select.choose(folds, 0.0)[0] == "saganet"  # 0 SE: the best mean
+    # an exact tie at the edge of the band counts as within (fold scores are fractions like 4/7)
+    edge = {"baseline": [3 / 7, 6 / 7, 3 / 7], "saganet": [4 / 7, 5 / 7, 4 / 7]}
+    assert select.choose(edge, 1.0)[0] == "baseline"
+    # clearly better: beyond one SE, the later candidate wins
+    clear = {"baseline": [3 / 7, 3 / 7, 4 / 7], "saganet": [6 / 7, 6 / 7, 5 / 7]}
+    assert select.choose(clear, 1.0)[0] == "saganet"
+    assert select.choose({"baseline": [0.5, 0.5, 0.5]}, 1.0) == ("baseline", 0.0)
 
 
 def test_auto_refuses_too_few_images_and_unknown_candidates(tiny):
@@ -97,8 +113,8 @@ def test_train_auto_records_its_choice_and_trains_the_chosen_variant(data_dir, t
     sel = json.loads((out / "metrics.json").read_text())["variant_selection"]
     # --val-fraction 0.2 holds one image per class out for early stopping; cross-validation runs on
     # the other 2 per class only, so there are 2 folds, not the 3 asked for.
-    assert sel["candidates"] == ["saganet", "baseline"] and sel["folds"] == 2
-    assert cfg["train"]["variant"] == sel["chosen"] == max(sel["scores"], key=sel["scores"].get)
+    assert sel["candidates"] == ["baseline", "saganet"] and sel["folds"] == 2 and sel["auto_se"] == 1.0
+    assert cfg["train"]["variant"] == sel["chosen"] == select.choose(sel["fold_scores"], 1.0)[0]
     assert "auto: chose" in (out / "train.log").read_text()
 
 

@@ -55,9 +55,8 @@ def test_pool_split_groups_patients(data_dir):
         assert not set(pool) & set(labelled[5])
 
 
-def test_study_hands_the_pool_over_as_paths_only(data_dir, tmp_path, monkeypatch):
-    """The pool leaves the protocol as file paths: no label can reach training. The recorded calls
-    prove which paths went in, that none is a test or labelled image, and that no label went with them."""
+def _six_per_class(data_dir, tmp_path):
+    """(manifest, samples): a manifest of the first 6 lymphoma images of each class."""
     samples, _ = load_dataset(data_dir / "lymphoma_iicbu")
     picked = [s for c in ("CLL", "FL", "MCL") for s in [x for x in samples if x.label == c][:6]]
     manifest = tmp_path / "m.csv"
@@ -65,6 +64,30 @@ def test_study_hands_the_pool_over_as_paths_only(data_dir, tmp_path, monkeypatch
         w = csv.writer(f)
         w.writerow(["path", "label"])
         w.writerows([s.path, s.label] for s in picked)
+    return manifest, picked
+
+
+def test_pool_split_puts_labelled_only_rows_on_the_pooled_draws_and_first_repeat_draws_fresh_ones(data_dir, tmp_path):
+    manifest, _ = _six_per_class(data_dir, tmp_path)
+    run = lambda out, **kw: study.run_study(manifest, tmp_path / out, [2], 1, ["classic"], CFG, log=lambda m: None,
+                                            first_repeat=1, **kw)
+    run("split", pool_split=True)
+    run("pooled", pool_methods=("pretrain",))
+    run("plain")
+    rows = {out: [json.loads(p.read_text()) for p in (tmp_path / out / "runs").glob("*.json")]
+            for out in ("split", "pooled", "plain")}
+    assert [r["repeat"] for r in rows["split"]] == [1]  # draw 1 only: --first-repeat 1 --repeats 1
+    _, pool, test = draw_pool_split(np.repeat([0, 1, 2], 6), None, 2, 1, 0.5)
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}
+    assert rows["split"][0]["test_images"] == len(test) and drop(rows["split"][0]) == drop(rows["pooled"][0])
+    assert rows["plain"][0]["test_images"] == 12  # without the pool protocol, every non-labelled image is tested
+    assert json.loads((tmp_path / "split" / "study_config.json").read_text())["pool_split"] is True
+
+
+def test_study_hands_the_pool_over_as_paths_only(data_dir, tmp_path, monkeypatch):
+    """The pool leaves the protocol as file paths: no label can reach training. The recorded calls
+    prove which paths went in, that none is a test or labelled image, and that no label went with them."""
+    manifest, picked = _six_per_class(data_dir, tmp_path)
     seen = {"pool": [], "fit": []}
     real_load, real_fit = study.load_unlabelled, study.fit
 
