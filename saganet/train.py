@@ -53,6 +53,16 @@ def balanced_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
 
 
 
+# Settings of `--variant auto`'s choice (select.py). fit trains the chosen variant, so they change
+# nothing it trains; left out of the checkpoint's fingerprint, a checkpoint written before they
+# existed or changed still resumes.
+SELECTION_FIELDS = ("auto_candidates", "auto_folds", "auto_se")
+
+
+def training_fingerprint(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if k not in SELECTION_FIELDS}
+
+
 def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessing, val=None,
         checkpoint: Path | None = None, log=print, progress: bool = True, unlabelled=None):
     """Train a model on prepared (uint8, scaled) images with boolean masks.
@@ -71,7 +81,8 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
     steps = max(1, math.ceil(len(labels) * cfg.crops_per_image / cfg.batch_size))  # per epoch
     sched = warmup_cosine(opt, steps * cfg.warmup_epochs, steps * cfg.epochs)
     run = _Progress(cfg.patience)
-    state = load_checkpoint(checkpoint, cfg.to_dict()) if checkpoint is not None else None
+    fingerprint = training_fingerprint(cfg)
+    state = load_checkpoint(checkpoint, fingerprint, ignore=SELECTION_FIELDS) if checkpoint is not None else None
     if state is not None:
         for part, obj in (("model", model), ("optimizer", opt), ("scheduler", sched)):
             obj.load_state_dict(state[part])
@@ -92,7 +103,7 @@ def fit(images, masks, labels, class_names, cfg: TrainConfig, prep: Preprocessin
             bar.set_postfix(loss=f"{rec['loss']:.3f}")
         if checkpoint is not None:
             save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), **run.state()}, cfg.to_dict())
+                                         "scheduler": sched.state_dict(), **run.state()}, fingerprint)
         if run.stopped:
             log(f"early stop after epoch {run.epoch}: best validation balanced accuracy {run.best['score']:.3f} "
                 f"at epoch {run.best['epoch']}")

@@ -40,9 +40,11 @@ def warmup_cosine(opt: torch.optim.Optimizer, warm: int, total: int) -> torch.op
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def load_checkpoint(path, fingerprint: dict) -> dict | None:
+def load_checkpoint(path, fingerprint: dict, ignore: tuple = ()) -> dict | None:
     """The state saved at `path`, or None if there is none. A checkpoint written under another
-    fingerprint (settings, data) is refused: resuming it would silently mix two runs."""
+    fingerprint (settings, data) is refused: resuming it would silently mix two runs. Top-level keys in
+    `ignore` are left out of the recorded fingerprint (settings that do not change what is trained and
+    that older checkpoints recorded)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -51,7 +53,8 @@ def load_checkpoint(path, fingerprint: dict) -> dict | None:
     except Exception as e:
         raise ValueError(f"{path}: cannot read checkpoint ({e}); delete it to start over") from None
     recorded = state.get("fingerprint", state.get("settings"))  # "settings": training checkpoints before 0.1.0's last
-    if recorded is None or json.loads(recorded) != json.loads(json.dumps(fingerprint)):
+    recorded = None if recorded is None else {k: v for k, v in json.loads(recorded).items() if k not in ignore}
+    if recorded is None or recorded != json.loads(json.dumps(fingerprint)):
         raise ValueError(f"{path} was written with other settings or data; use a new output, or the same settings "
                          f"to resume")
     return state

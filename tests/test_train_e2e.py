@@ -169,6 +169,23 @@ def test_resume_refuses_other_settings_and_corrupt_checkpoint(tiny, tmp_path):
         fit(imgs, masks, y, classes, CFG, prep, checkpoint=ck, log=lambda m: None, progress=False)
 
 
+def test_checkpoints_from_before_the_selection_settings_still_resume(tiny, tmp_path):
+    """`--variant auto`'s settings only choose what fit trains: a checkpoint written before they existed
+    or changed (2026-11-29: auto_se added, the candidate order turned) resumes."""
+    imgs, masks, y, classes, prep = tiny
+    ck = tmp_path / "ck.pt"
+    fit(imgs, masks, y, classes, replace(CFG, epochs=1), prep, checkpoint=ck, log=lambda m: None, progress=False)
+    state = torch.load(ck, weights_only=True)
+    old = {k: v for k, v in json.loads(state["fingerprint"]).items() if k != "auto_se"}
+    for recorded in (dict(old, auto_candidates=["saganet", "baseline"]),
+                     {k: v for k, v in old.items() if not k.startswith("auto_")}):
+        torch.save(dict(state, fingerprint=json.dumps(recorded)), ck)
+        logged = []
+        fit(imgs, masks, y, classes, replace(CFG, epochs=1, auto_se=0.0), prep, checkpoint=ck, log=logged.append,
+            progress=False)
+        assert any("resumed from" in m for m in logged)
+
+
 def test_early_stopping_is_remembered(tiny, tmp_path):
     imgs, masks, y, classes, prep = tiny
     cfg = replace(CFG, epochs=6, patience=1, lr=0.0)  # lr 0: validation never improves after epoch 1
