@@ -30,6 +30,16 @@ def few_per_class(data_dir: Path, name: str, n: int):
     return raw, np.array([classes.index(s.label) for s in picked]), classes
 
 
+def prepared_per_class(data_dir: Path, name: str, n: int, cfg):
+    """few_per_class, prepared for training under cfg: (images, masks, labels, class names, preprocessing)."""
+    from saganet.preprocess import prepare_images
+    from saganet.train import make_preprocessing
+
+    raw, y, classes = few_per_class(data_dir, name, n)
+    prep = make_preprocessing(raw, cfg)
+    return (*prepare_images(raw, prep), y, classes, prep)
+
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_BUNDLE = REPO / "models" / "demo-crc7"
 

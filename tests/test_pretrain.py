@@ -7,15 +7,14 @@ import torch
 from safetensors.torch import load_file
 from skimage.color import hed2rgb, rgb2hed
 
-from shared_data import few_per_class
+from shared_data import few_per_class, prepared_per_class
 from saganet.cli import main
 from saganet.augment import hed_jitter_torch
 from saganet.config import PretrainConfig
 from saganet.pretrain import augment, build_tile_bank, pretrain, read_card
 from saganet.study import run_study
 from saganet.config import TrainConfig
-from saganet.train import fit, make_preprocessing
-from saganet.preprocess import prepare_images
+from saganet.train import fit
 
 TINY = PretrainConfig(epochs=2, tile_size=64, crop=32, max_tiles=48, batch_size=16, slide_downsamples=(2,), threads=2,
                       warmup_epochs=1)
@@ -46,11 +45,9 @@ def test_card_says_what_went_in(encoder, sources):
 
 
 def test_encoder_loads_into_training(encoder, data_dir):
-    raw, y, classes = few_per_class(data_dir, "lymphoma_iicbu", 2)
     cfg = TrainConfig(epochs=1, crop=32, crops_per_image=2, batch_size=6, threads=2, warmup_epochs=0,
                       pretrained=str(encoder), freeze_backbone=True)
-    prep = make_preprocessing(raw, cfg)
-    imgs, masks = prepare_images(raw, prep)
+    imgs, masks, y, classes, prep = prepared_per_class(data_dir, "lymphoma_iicbu", 2, cfg)
     model, _ = fit(imgs, masks, y, classes, cfg, prep, log=lambda m: None, progress=False)
     enc = load_file(str(encoder))
     # Frozen: the weights are the encoder's (BN running statistics adapt and are not compared).

@@ -5,22 +5,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from shared_data import few_per_class
+from shared_data import prepared_per_class
 from saganet import select
 from saganet.cli import main
 from saganet.config import TrainConfig
-from saganet.preprocess import prepare_images
-from saganet.train import make_preprocessing
 
 CFG = TrainConfig(epochs=1, crop=32, crops_per_image=2, batch_size=8, threads=2, warmup_epochs=1)
 
 
 @pytest.fixture(scope="module")
 def tiny(data_dir):
-    raw, y, classes = few_per_class(data_dir, "lymphoma_iicbu", 3)
-    prep = make_preprocessing(raw, CFG)
-    imgs, masks = prepare_images(raw, prep)
-    return imgs, masks, y, classes, prep
+    return prepared_per_class(data_dir, "lymphoma_iicbu", 3, CFG)
 
 
 class _Stub:

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from shared_data import few_per_class
+from shared_data import prepared_per_class
 from saganet.cli import main
 from saganet.data import load_dataset, load_images
 from saganet.evaluate import predict
 from saganet.model import saganet_loss
 from saganet.config import TrainConfig
 from saganet.run import load_run
-from saganet.train import _random_crop_batch, fit, make_preprocessing
+from saganet.train import _random_crop_batch, fit
 from saganet.preprocess import prepare_images
 
 CFG = TrainConfig(epochs=4, crop=64, crops_per_image=8, batch_size=16, threads=2, warmup_epochs=1)
@@ -22,10 +22,7 @@ CFG = TrainConfig(epochs=4, crop=64, crops_per_image=8, batch_size=16, threads=2
 
 @pytest.fixture(scope="module")
 def tiny(data_dir):
-    raw, y, classes = few_per_class(data_dir, "lymphoma_iicbu", 4)
-    prep = make_preprocessing(raw, CFG)
-    imgs, masks = prepare_images(raw, prep)
-    return imgs, masks, y, classes, prep
+    return prepared_per_class(data_dir, "lymphoma_iicbu", 4, CFG)
 
 
 def _fixed_batch_loss(model, tiny, cfg):
