@@ -3,8 +3,9 @@ chosen, and that variant's test score on the same draw.
 
 Exact without retraining because a run is deterministic: an `auto` run's test score equals that of
 the row of the variant it chose, trained on the same draw (15 of 15 runs in docs/study/auto_*).
-Usage: python scripts/auto_rule_replay.py STUDY_DIR [--se 0 1 ...] [--candidates baseline saganet];
-the study needs `auto` rows (their recorded fold scores) and the rows of every candidate.
+Usage: python scripts/auto_rule_replay.py STUDY_DIR [--rows OTHER_DIR] [--se 0 1 ...]
+[--candidates baseline saganet]; STUDY_DIR holds `auto` rows (their recorded fold scores), and it or
+OTHER_DIR (a study on the same draws) the rows of every candidate.
 """
 import argparse
 import json
@@ -16,13 +17,18 @@ from saganet.config import TrainConfig
 from saganet.select import choose
 
 
-def replay(study: Path, se_factors, candidates):
-    runs = [json.loads(p.read_text()) for p in sorted((study / "runs").glob("*.json"))]
-    score = {(r["shots"], r["repeat"], r["variant"]): r["balanced_accuracy"] for r in runs}
+def _runs(study: Path) -> list:
+    return [json.loads(p.read_text()) for p in sorted((study / "runs").glob("*.json"))]
+
+
+def replay(study: Path, se_factors, candidates, rows: Path | None = None):
+    runs = _runs(study)
+    score = {(r["shots"], r["repeat"], r["variant"]): r["balanced_accuracy"] for r in runs + _runs(rows or study)}
     lines = ["| shots | rule | repeats | chosen | mean test balanced acc. | minus baseline (wins / losses) |",
              "|---|---|---|---|---|---|"]
     for shots in sorted({r["shots"] for r in runs}):
-        autos = [r for r in runs if r["shots"] == shots and r["variant"] == "auto"]
+        autos = [r for r in runs if r["shots"] == shots and r["variant"] == "auto"
+                 and all((shots, r["repeat"], v) in score for v in candidates)]
         for se in se_factors:
             picks, test, diff = [], [], []
             for r in autos:
@@ -42,8 +48,9 @@ def replay(study: Path, se_factors, candidates):
 if __name__ == "__main__":
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("study", type=Path)
+    a.add_argument("--rows", type=Path, default=None, help="a study on the same draws that holds the candidates' rows")
     a.add_argument("--se", type=float, nargs="+", default=[0.0, 1.0])
     a.add_argument("--candidates", nargs="+", default=list(TrainConfig().auto_candidates),
                    help="order of preference (default: TrainConfig's)")
     args = a.parse_args()
-    print(replay(args.study, args.se, args.candidates))
+    print(replay(args.study, args.se, args.candidates, args.rows))
