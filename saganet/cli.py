@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 
 from .config import (BACKBONES, BACKENDS, CHUNK_TILES, EXPORT_FORMATS, INITS, MPP_RANGE, POOL_METHODS, PRECISIONS, PRETRAIN_METHODS,
-                     SEMI_METHODS, TRAIN_VARIANTS, VARIANT_NAMES, VARIANTS, MaskConfig, PredictConfig, PretrainConfig, TrainConfig)
+                     SEMI_METHODS, TRAIN_DEFAULT_VARIANT, TRAIN_VARIANTS, VARIANT_NAMES, VARIANTS, MaskConfig, PredictConfig, PretrainConfig, TrainConfig)
 
 # Only configuration is imported here: `saganet --help` must not pay for torch; each command imports
 # what it runs.
@@ -62,9 +62,10 @@ def _train_config(a) -> TrainConfig:
 def _add_train_args(p, study: bool = False):
     d = TrainConfig()
     if not study:
-        p.add_argument("--variant", default=d.variant, choices=list(TRAIN_VARIANTS),
+        p.add_argument("--variant", default=TRAIN_DEFAULT_VARIANT, choices=list(TRAIN_VARIANTS),
                        help="saganet (gate, mask, length head) or an ablation; baseline is the plain CNN; auto: "
-                            "the one of --auto-candidates that cross-validation inside the labelled images prefers")
+                            "the one of --auto-candidates that cross-validation inside the labelled images prefers "
+                            "(about 5x the training time)")
     else:
         p.set_defaults(variant=d.variant)
     p.add_argument("--backbone", default=d.backbone, choices=list(BACKBONES), help="network body")

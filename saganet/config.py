@@ -123,6 +123,11 @@ VARIANTS: dict[str, dict] = {
 # "auto": the variant chosen by cross-validation inside the labelled images (select.py);
 # "classic": the texture pipeline (classic.py), in studies only.
 TRAIN_VARIANTS = (*VARIANTS, "auto")
+# What `saganet train` trains unless told: the safe default of issue 12. SagaNet lost to the baseline
+# on colorectal (2-9 points) and lymphoma (2-5), and `auto` stayed within a point of the baseline on
+# every set measured (docs/results.md, Part 0). TrainConfig.variant stays "saganet": fit builds one
+# concrete variant, and `auto` is resolved before it (select.py).
+TRAIN_DEFAULT_VARIANT = "auto"
 VARIANT_NAMES = (*TRAIN_VARIANTS, "classic")
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train SagaNet on N images per class of DATA, evaluate on the rest.
+# Train on N images per class of DATA (`--variant auto` unless VARIANT is set: SagaNet or the baseline,
+# chosen by cross-validation inside those images), evaluate on the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-${DATA:-}}
@@ -10,10 +11,11 @@ manifest.csv (path,label[,patient]). For example:
 
     make train DATA=../shared/data/lymphoma_iicbu
 
-Optional: SHOTS=20 (training images per class), EPOCHS=20, OUT=runs/main.
+Optional: SHOTS=20 (training images per class), EPOCHS=20, OUT=runs/main, VARIANT=auto.
 MSG
   exit 2
 fi
 OUT=${OUT:-runs/main}
-.venv/bin/saganet train "$DATA" --out "$OUT" --shots "${SHOTS:-20}" --val-fraction 0 --epochs "${EPOCHS:-20}"
+.venv/bin/saganet train "$DATA" --out "$OUT" --shots "${SHOTS:-20}" --val-fraction 0 --epochs "${EPOCHS:-20}" \
+    --variant "${VARIANT:-auto}"
 .venv/bin/saganet eval "$OUT" "$DATA" --exclude-train

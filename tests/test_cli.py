@@ -47,6 +47,8 @@ def test_every_option_has_help_and_choices_come_from_the_registries():
     assert not [f"{cmd} {a.option_strings[0]}" for cmd, a in options if not a.help]
     choices = {(cmd, a.option_strings[0]): list(a.choices) for cmd, a in options if a.choices}
     assert choices[("train", "--variant")] == list(config.TRAIN_VARIANTS)
+    defaults = {(cmd, a.option_strings[0]): a.default for cmd, a in options}
+    assert defaults[("train", "--variant")] == config.TRAIN_DEFAULT_VARIANT == "auto"  # issue 12's safe default
     assert choices[("train", "--auto-candidates")] == list(config.VARIANTS)
     assert choices[("train", "--backbone")] == list(config.BACKBONES)
     assert choices[("predict", "--backend")] == ["auto", *config.BACKENDS]

@@ -186,7 +186,8 @@ def test_cli_unlabelled_names_bad_source_and_skips_it(data_dir, tmp_path, capsys
         (pool / (s.path.split("/")[-1])).write_bytes(open(s.path, "rb").read())
     (pool / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     args = ["train", str(data_dir / "lymphoma_iicbu"), "--shots", "2", "--epochs", "1", "--crops-per-image", "2",
-            "--val-fraction", "0", "--threads", "2", "--unlabelled", str(pool), str(tmp_path / "nowhere")]
+            "--val-fraction", "0", "--threads", "2", "--variant", "saganet", "--unlabelled", str(pool),
+            str(tmp_path / "nowhere")]
     assert main(args + ["--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "broken.png" in err and "--skip-bad" in err

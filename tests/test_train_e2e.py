@@ -82,6 +82,9 @@ def test_cli_train_eval_reload_bit_identical(data_dir, tmp_path, capsys):
         assert (run / f).is_file(), f
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_images"] == 14 and metrics["val_images"] == 7
+    # the default variant is auto: chosen by cross-validation inside the 14 training images
+    chosen = metrics["variant_selection"]["chosen"]
+    assert json.loads((run / "config.json").read_text())["train"]["variant"] == chosen in ("baseline", "saganet")
     assert "val_balanced_accuracy" in metrics["history"][0]
     rc = main(["eval", str(run), str(data_dir / "crc_val_he_7k_test70"), "--exclude-train"])
     assert rc == 0
@@ -146,7 +149,7 @@ def test_user_masks(data_dir, tmp_path, capsys):
         Image.fromarray(m).save(masks / rel)
     missing = Path(samples[-1].path).relative_to(data).with_suffix(".png")
     args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "64",
-            "--crops-per-image", "1", "--val-fraction", "0", "--mask-dir", str(masks)]
+            "--crops-per-image", "1", "--val-fraction", "0", "--mask-dir", str(masks), "--variant", "saganet"]
     assert main(args) == 2
     assert f"{missing.name}: mask file not found" in capsys.readouterr().err
     (masks / missing).parent.mkdir(parents=True, exist_ok=True)
