@@ -2,7 +2,8 @@
 chosen, and that variant's test score on the same draw.
 
 Exact without retraining because a run is deterministic: an `auto` run's test score equals that of
-the row of the variant it chose, trained on the same draw (15 of 15 runs in docs/study/auto_*).
+the row of the variant it chose, trained on the same draw (every auto run of docs/study/, checked
+2026-11-29).
 Usage: python scripts/auto_rule_replay.py STUDY_DIR [--rows OTHER_DIR] [--se 0 1 ...]
 [--candidates baseline saganet]; STUDY_DIR holds `auto` rows (their recorded fold scores), and it or
 OTHER_DIR (a study on the same draws) the rows of every candidate.
@@ -24,7 +25,11 @@ def _runs(study: Path) -> list:
 def replay(study: Path, se_factors, candidates, rows: Path | None = None):
     runs = _runs(study)
     score = {(r["shots"], r["repeat"], r["variant"]): r["balanced_accuracy"] for r in runs + _runs(rows or study)}
-    lines = ["| shots | rule | repeats | chosen | mean test balanced acc. | minus baseline (wins / losses) |",
+    # The premise, checked on these runs: each auto run scored exactly as the row it chose.
+    same = [score[(r["shots"], r["repeat"], r["selection"]["chosen"])] == r["balanced_accuracy"] for r in runs
+            if r["variant"] == "auto" and (r["shots"], r["repeat"], r["selection"]["chosen"]) in score]
+    lines = [f"auto runs that scored exactly as the row they chose: {sum(same)} of {len(same)}", "",
+             "| shots | rule | repeats | chosen | mean test balanced acc. | minus baseline (wins / losses) |",
              "|---|---|---|---|---|---|"]
     for shots in sorted({r["shots"] for r in runs}):
         autos = [r for r in runs if r["shots"] == shots and r["variant"] == "auto"
@@ -39,7 +44,7 @@ def replay(study: Path, se_factors, candidates, rows: Path | None = None):
                 test.append(score[(shots, r["repeat"], c)])
                 diff.append(test[-1] - score[(shots, r["repeat"], "baseline")])
             d = np.array(diff)
-            lines.append(f"| {shots} | {se:g} SE, {' first, '.join(candidates[:1])} first | {len(autos)} | " +
+            lines.append(f"| {shots} | {se:g} SE, {candidates[0]} first | {len(autos)} | " +
                          ", ".join(f"{c} x{picks.count(c)}" for c in dict.fromkeys(picks)) +
                          f" | {np.mean(test):.3f} | {d.mean():+.3f} ({(d > 0).sum()} / {(d < 0).sum()}) |")
     return "\n".join(lines)
