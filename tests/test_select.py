@@ -122,3 +122,23 @@ def test_study_auto_row_records_the_choice(data_dir, tmp_path):
     assert rec["selection"]["folds"] == 2 and rec["selection"]["chosen"] in ("saganet", "baseline")
     assert "What `auto` chose" in (tmp_path / "results.md").read_text()
     assert {r["variant"] for r in s["table"]} == {"auto"}
+
+
+def test_rule_replay_picks_by_the_rule_and_checks_its_premise(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("replay", Path(__file__).parents[1] / "scripts" / "auto_rule_replay.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    (tmp_path / "runs").mkdir()
+    folds = {"baseline": [4 / 7, 4 / 7, 4 / 7], "saganet": [6 / 7, 3 / 7, 4 / 7]}  # saganet ahead by < 1 SE
+    rows = [{"variant": "baseline", "balanced_accuracy": 0.7}, {"variant": "saganet", "balanced_accuracy": 0.6},
+            {"variant": "auto", "balanced_accuracy": 0.6,
+             "selection": {"candidates": ["saganet", "baseline"], "fold_scores": folds, "chosen": "saganet"}}]
+    for r in rows:
+        (tmp_path / "runs" / f"3shot_r0_{r['variant']}.json").write_text(json.dumps(dict(r, shots=3, repeat=0)))
+    out = replay.replay(tmp_path, [0.0, 1.0], ["baseline", "saganet"]).splitlines()
+    assert out[0].endswith("1 of 1")
+    assert "| 3 | 0 SE, baseline first | 1 | saganet x1 | 0.600 | -0.100 (0 / 1) |" in out
+    assert "| 3 | 1 SE, baseline first | 1 | baseline x1 | 0.700 | +0.000 (0 / 0) |" in out
