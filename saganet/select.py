@@ -36,8 +36,8 @@ def cross_validate(images, masks, labels, class_names, cfg: TrainConfig, prep, l
     smallest = int(np.bincount(labels, minlength=len(class_names)).min())
     folds = min(cfg.auto_folds, smallest)
     if folds < 2:
-        raise ValueError(f"--variant auto cross-validates inside the labelled images and needs at least 2 per class; "
-                         f"the smallest class has {smallest}")
+        raise ValueError(f"--variant auto (the default) cross-validates inside the labelled images and needs at least "
+                         f"2 per class; the smallest class has {smallest}: name one variant, e.g. --variant saganet")
     split = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(np.zeros(len(labels)), labels))
     fold_scores = {}
     for v in cfg.auto_candidates:
