@@ -135,7 +135,8 @@ VARIANT_NAMES = (*TRAIN_VARIANTS, "classic")
 BACKENDS = ("tensorrt", "native", "aoti", "onnxruntime", "torch")  # saganet/engine/<name>_backend.py
 PRETRAIN_METHODS = ("simclr", "byol")  # saganet/pretrain.py
 SEMI_METHODS = ("selftrain", "fixmatch")  # selftrain.py wraps train.fit; semi.py trains inside it
-POOL_METHODS = ("selftrain", "pretrain", "pretrain+selftrain", "fixmatch", "pretrain+fixmatch")  # study.py
+# study.py; "pretrain+frozen": the pool-pretrained encoder kept fixed, only gate and head trained
+POOL_METHODS = ("selftrain", "pretrain", "pretrain+selftrain", "fixmatch", "pretrain+fixmatch", "pretrain+frozen")
 PRECISIONS = ("float32", "bfloat16")  # of the AOTInductor package (bundle.export_aoti)
 EXPORT_FORMATS = ("onnx", "aoti")
 INITS = ("scratch", "finetune", "frozen")  # study.py: how a run's backbone starts

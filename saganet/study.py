@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write, atomic_write_text
-from .config import POOL_METHODS, TrainConfig
+from .config import INITS, POOL_METHODS, TrainConfig
 from .classic import classic_features, classic_probs, fit_classic
 from .data import load_dataset, load_images
 from .evaluate import classification_metrics, predict
@@ -125,7 +125,6 @@ def draw_pool_split(labels: np.ndarray, patients: list[str] | None, max_shots: i
     return labelled, np.array(sorted(pool)), np.array(sorted(test))
 
 
-INITS = ("scratch", "finetune", "frozen")
 # Rows that learn from the unlabelled pool: self-training (selftrain.py), in-domain SimCLR pretraining,
 # FixMatch (semi.py), and pretraining followed by either.
 def run_labels(variants, inits, pool_methods=()) -> list[tuple[str, str, str, str]]:
@@ -193,8 +192,8 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
             pool_paths = [samples[i].path for i in pool] + [str(u) for u in unlabelled]
         for n in shots:
             train, test = (labelled[n], test) if pooled else draw_split(labels, patients, n, r)
-            teachers = {}  # this draw's models without pool images, by (variant, init, encoder): self-training's teachers
-            selections = {}  # variant "auto": this draw's choice, by (init, encoder), made once for all its rows
+            teachers = {}  # this draw's models without pool images, by (variant, encoder, frozen): self-training's teachers
+            selections = {}  # variant "auto": this draw's choice, by (encoder, frozen), made once for all its rows
             for label, v, init, pm in runs:
                 k += 1
                 path = out / "runs" / f"{n}shot_r{r}_{label}.json"
@@ -216,15 +215,16 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
                                                      replace(cfg, seed=r), steps=pretrain_steps, log=log))
                     if ("selftrain" in pm or "fixmatch" in pm) and pool_images is None:
                         pool_images = prepare_images(load_unlabelled(pool_paths, log=log)[0], base)
-                    run_cfg = replace(cfg, variant=v, seed=r, pretrained=pretrained, freeze_backbone=init == "frozen",
+                    frozen = init == "frozen" or pm == "pretrain+frozen"
+                    run_cfg = replace(cfg, variant=v, seed=r, pretrained=pretrained, freeze_backbone=frozen,
                                       semi="fixmatch" if "fixmatch" in pm else "")
                     shots_data = ([imgs[i] for i in train], [masks[i] for i in train], labels[train], class_names)
                     if v == "auto":
-                        if (init, pretrained) not in selections:
-                            selections[(init, pretrained)] = resolve_variant(*shots_data, run_cfg, prep, log=log)[1]
-                        run_cfg = replace(run_cfg, variant=selections[(init, pretrained)]["chosen"])
+                        if (pretrained, frozen) not in selections:
+                            selections[(pretrained, frozen)] = resolve_variant(*shots_data, run_cfg, prep, log=log)[1]
+                        run_cfg = replace(run_cfg, variant=selections[(pretrained, frozen)]["chosen"])
                     labelled_data = (*shots_data, run_cfg, prep)
-                    key = (v, init, pretrained)
+                    key = (v, pretrained, frozen)
                     if "selftrain" in pm:
                         model, _, _ = self_train(*labelled_data, pool_images, teacher=teachers.get(key),
                                                  log=lambda m: None, progress=False)
@@ -248,7 +248,7 @@ def run_study(data, out, shots, repeats, variants, cfg: TrainConfig, inits=("scr
                 rec = {"shots": n, "repeat": r, "variant": label, "seconds": round(time.time() - t0, 1),
                        "train_images": len(train), "test_images": len(test), "pool_images": len(pool_paths), **m}
                 if v == "auto":
-                    rec["selection"] = selections[(init, pretrained)]
+                    rec["selection"] = selections[(pretrained, frozen)]
                 if v != "classic":
                     rec["read_outs"] = {k: {"balanced_accuracy": e["balanced_accuracy"], "accuracy": e["accuracy"],
                                             "confusion_matrix": e["confusion_matrix"]} for k, e in extra.items()}

@@ -117,6 +117,43 @@ def test_study_hands_the_pool_over_as_paths_only(data_dir, tmp_path, monkeypatch
     assert "tta" in (out / "results.md").read_text()
 
 
+def test_pretrain_frozen_row_keeps_the_pool_encoder_fixed_and_is_nobodys_teacher(data_dir, tmp_path, monkeypatch):
+    """`+pretrain+frozen` trains gate and head on the pool's encoder, whose weights stay as pretrained;
+    `+pretrain+selftrain` still learns from the fine-tuned `+pretrain` model, not from the frozen one."""
+    from safetensors.torch import save_file
+    from saganet.model import SagaNet, variant_config
+
+    manifest, _ = _six_per_class(data_dir, tmp_path)
+    out = tmp_path / "study"
+    encoder = out / "encoders" / "r0.safetensors"  # present, so the study skips pretraining
+    encoder.parent.mkdir(parents=True)
+    torch.manual_seed(7)
+    weights = SagaNet(variant_config("saganet", num_classes=3)).backbone.state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, encoder)
+    models, teachers = {}, []
+    real_fit, real_self_train = study.fit, study.self_train
+
+    def recording_fit(*a, **kw):
+        model, history = real_fit(*a, **kw)
+        models["frozen" if a[4].freeze_backbone else "finetuned"] = model
+        return model, history
+
+    def recording_self_train(*a, teacher=None, **kw):
+        teachers.append(teacher)
+        return real_self_train(*a, teacher=teacher, **kw)
+
+    monkeypatch.setattr(study, "fit", recording_fit)
+    monkeypatch.setattr(study, "self_train", recording_self_train)
+    study.run_study(manifest, out, [2], 1, ["saganet"], replace(CFG, epochs=1), log=lambda m: None,
+                    pool_methods=("pretrain", "pretrain+frozen", "pretrain+selftrain"))
+    params = lambda m: {k: v for k, v in m.backbone.named_parameters()}
+    assert all(torch.equal(v, weights[k]) for k, v in params(models["frozen"]).items())
+    assert not all(torch.equal(v, weights[k]) for k, v in params(models["finetuned"]).items())
+    assert teachers == [models["finetuned"]]
+    rows = {p.stem.split("_", 2)[2] for p in (out / "runs").glob("*.json")}
+    assert rows == {"saganet", "saganet+pretrain", "saganet+pretrain+frozen", "saganet+pretrain+selftrain"}
+
+
 def test_pseudo_labels_respect_the_threshold():
     scores = torch.tensor([[0.95, 0.2, 0.1], [0.6, 0.5, 0.1], [0.1, 0.05, 0.9]])
     labels, keep = pseudo_labels({"scores": scores}, "length", 0.5)
