@@ -126,13 +126,13 @@ def draw_pool_split(labels: np.ndarray, patients: list[str] | None, max_shots: i
 
 
 # Rows that learn from the unlabelled pool: self-training (selftrain.py), in-domain SimCLR pretraining,
-# FixMatch (semi.py), and pretraining followed by either.
+# FixMatch (semi.py), pretraining followed by either, and the pretrained encoder kept frozen.
 def run_labels(variants, inits, pool_methods=()) -> list[tuple[str, str, str, str]]:
     """(label, variant, init, pool method) for every run of a repeat; classic once.
 
     Labels: `saganet` (from scratch), `saganet+finetune`, `saganet+frozen` (outside encoder),
-    `saganet+selftrain`, `saganet+pretrain`, `saganet+pretrain+selftrain`, ... (the unlabelled pool),
-    `classic`."""
+    `saganet+selftrain`, `saganet+pretrain`, `saganet+pretrain+selftrain`, `saganet+pretrain+frozen`, ...
+    (the unlabelled pool), `classic`."""
     out = []
     for v in variants:
         if v == "classic":

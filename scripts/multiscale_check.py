@@ -32,7 +32,7 @@ SECOND_SEED = 1000  # the same-cost control: seed r + 1000 at native resolution
 COMBINATIONS = {"native+half": ("native", "half"), "native+native_seed2": ("native", "native_seed2")}
 
 
-def run_draw(raw, labels, class_names, split, cfg, n, r, prepared):
+def run_draw(labels, class_names, split, cfg, n, r, prepared):
     labelled, _, test = split
     train = labelled[n]
     probs, seconds = {}, {}
@@ -43,7 +43,8 @@ def run_draw(raw, labels, class_names, split, cfg, n, r, prepared):
         t0 = time.time()
         model, _ = fit([imgs[i] for i in train], [masks[i] for i in train], labels[train], class_names,
                        replace(cfg, scale=scale, seed=seed), prep, log=lambda m: None, progress=False)
-        probs[name] = predict(model, prep, [imgs[i] for i in test], [masks[i] for i in test])
+        p = predict(model, prep, [imgs[i] for i in test], [masks[i] for i in test])
+        probs[name] = p / p.sum(1, keepdims=True)  # the length head's scores do not sum to 1
         seconds[name] = round(time.time() - t0, 1)
     for name, (a, b) in COMBINATIONS.items():
         probs[name] = 0.5 * (probs[a] + probs[b])
@@ -75,7 +76,7 @@ def main():
             path = out / f"{n}shot_r{r}.json"
             if not path.is_file():
                 split = draw_pool_split(labels, None, max(a.shots), r, meta["unlabelled_fraction"])
-                rec = run_draw(raw, labels, class_names, split, cfg, n, r, prepared)
+                rec = run_draw(labels, class_names, split, cfg, n, r, prepared)
                 row = study / "runs" / f"{n}shot_r{r}_{a.variant}.json"
                 if row.is_file():  # premise: the native model is the study's row
                     rec["study_row_balanced_accuracy"] = json.loads(row.read_text())["balanced_accuracy"]
