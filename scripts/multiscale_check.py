@@ -63,19 +63,25 @@ def main():
     a = ap.parse_args()
     study, out = Path(a.study), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = json.loads((study / "study_config.json").read_text())
+    config = study / "study_config.json"
+    if not config.is_file():
+        raise SystemExit(f"{config}: not found; STUDY must be a `saganet study` folder")
+    meta = json.loads(config.read_text())
+    if meta.get("unlabelled_fraction") is None:  # set by every pooled study, old ones too
+        raise SystemExit(f"{config}: not a pooled study (run with --pool-methods or --pool-split); its draws cannot be redrawn here")
     cfg = replace(TrainConfig.from_dict(meta["train_config"]), variant=a.variant)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     samples, class_names = load_dataset(meta["data"])
     raw, samples, _ = load_images(samples, skip_bad=True)
     labels = np.array([class_names.index(s.label) for s in samples])
+    patients = [s.patient for s in samples] if all(s.patient for s in samples) else None  # as the study splits
     prepared = {s: prepare_images(raw, Preprocessing(scale=s, mask=cfg.mask)) for s in SCALES.values()}
     rows = []
     for n in a.shots:
         for r in a.repeats:
             path = out / f"{n}shot_r{r}.json"
             if not path.is_file():
-                split = draw_pool_split(labels, None, max(a.shots), r, meta["unlabelled_fraction"])
+                split = draw_pool_split(labels, patients, max(a.shots), r, meta["unlabelled_fraction"])
                 rec = run_draw(labels, class_names, split, cfg, n, r, prepared)
                 row = study / "runs" / f"{n}shot_r{r}_{a.variant}.json"
                 if row.is_file():  # premise: the native model is the study's row
